@@ -1,0 +1,54 @@
+# Two commands on a fresh machine (Python 3 with pip and venv, no GPU):
+#   make demo   set up .venv, prepare the offline base, run the main job (GLARE on CamVid, base vs GLARE table)
+#   make test   set up .venv and run every check: lint, unit tests, the book's notebooks (nbval), the book build
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A known-good pair for CPU machines; Colab keeps its own torch (the package itself only asks for torch>=2.1).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE ?= 1
+export MPLBACKEND ?= Agg
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test lint format type-check unit nbval book bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e ".[test,book,offline]"
+	$(BIN)/python -c "import torch, torchvision, timm; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__)"
+	touch $@
+
+demo: setup
+	$(BIN)/glare demo
+
+test: setup lint unit nbval book
+
+lint: setup
+	$(BIN)/ruff check glare_core tests
+	$(BIN)/ruff format --check glare_core tests
+
+format: setup
+	$(BIN)/ruff check --fix glare_core tests
+	$(BIN)/ruff format glare_core tests
+
+type-check: setup
+	$(BIN)/pip install -q mypy && $(BIN)/mypy glare_core
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+nbval: setup
+	GLARE_SMOKE=1 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
+		$$($(BIN)/python -m glare_core.book_toc notebooks)
+
+book: setup
+	$(BIN)/jupyter-book build . -W --keep-going
+
+bench: setup
+	$(BIN)/glare bench --out results/bench.json
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,7 @@
+"""``python -m glare_core`` is the ``glare`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``glare`` subcommand (see :mod:`glare_core.cli`)."""

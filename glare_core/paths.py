@@ -1,0 +1,68 @@
+"""Where data, weights and runs live.
+
+* Data: ``$GLARE_DATA_DIR``, then ``../shared/data`` beside the checkout, then the user cache
+  (``~/.cache/glare/data``), where the Colab download helpers put what they fetch.
+* Cache (converted weights, cached features): ``$GLARE_CACHE_DIR``, else ``$XDG_CACHE_HOME/glare``, else
+  ``~/.cache/glare``.
+* Environment switches: ``GLARE_SMOKE=1`` shrinks every run (tests, the book's smoke run); ``HF_HUB_OFFLINE=1``
+  forbids hub downloads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """The user cache folder for converted weights and cached features (created on demand)."""
+    if os.environ.get("GLARE_CACHE_DIR"):
+        root = Path(os.environ["GLARE_CACHE_DIR"])
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root = Path(os.environ["XDG_CACHE_HOME"]) / "glare"
+    else:
+        root = Path.home() / ".cache" / "glare"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def data_roots() -> list[Path]:
+    """The folders searched for datasets, in order (existing or not)."""
+    roots = []
+    if os.environ.get("GLARE_DATA_DIR"):
+        roots.append(Path(os.environ["GLARE_DATA_DIR"]))
+    roots.append(REPO_ROOT.parent / "shared" / "data")
+    roots.append(Path.cwd().parent / "shared" / "data")
+    if os.environ.get("GLARE_CACHE_DIR") or True:
+        roots.append(Path(os.environ.get("GLARE_CACHE_DIR", Path.home() / ".cache" / "glare")) / "data")
+    unique: list[Path] = []
+    for r in roots:
+        r = r.resolve()
+        if r not in unique:
+            unique.append(r)
+    return unique
+
+
+def find_dataset_dir(name: str, *candidates: str) -> Path | None:
+    """The first ``root/<candidate>`` folder that exists over :func:`data_roots`, or None.
+
+    ``candidates`` are sub-folder names to try (default: ``name``), e.g. ``("camvid", "CamVid")``.
+    """
+    for root in data_roots():
+        for sub in candidates or (name,):
+            path = root / sub
+            if path.is_dir():
+                return path
+    return None
+
+
+def smoke_mode() -> bool:
+    """True when ``GLARE_SMOKE`` is set to a true value: every run shrinks to seconds."""
+    return os.environ.get("GLARE_SMOKE", "0").lower() not in ("", "0", "false", "no")
+
+
+def hub_offline() -> bool:
+    """True when hub downloads are forbidden (``HF_HUB_OFFLINE=1``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
