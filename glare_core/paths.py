@@ -16,14 +16,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def cache_dir() -> Path:
-    """The user cache folder for converted weights and cached features (created on demand)."""
+def _cache_root() -> Path:
     if os.environ.get("GLARE_CACHE_DIR"):
-        root = Path(os.environ["GLARE_CACHE_DIR"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]) / "glare"
-    else:
-        root = Path.home() / ".cache" / "glare"
+        return Path(os.environ["GLARE_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "glare"
+    return Path.home() / ".cache" / "glare"
+
+
+def cache_dir() -> Path:
+    """The user cache folder for converted weights, cached features and downloads (created on demand)."""
+    root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -35,8 +38,7 @@ def data_roots() -> list[Path]:
         roots.append(Path(os.environ["GLARE_DATA_DIR"]))
     roots.append(REPO_ROOT.parent / "shared" / "data")
     roots.append(Path.cwd().parent / "shared" / "data")
-    if os.environ.get("GLARE_CACHE_DIR") or True:
-        roots.append(Path(os.environ.get("GLARE_CACHE_DIR", Path.home() / ".cache" / "glare")) / "data")
+    roots.append(_cache_root() / "data")
     unique: list[Path] = []
     for r in roots:
         r = r.resolve()
