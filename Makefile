@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint format type-check unit nbval book bench clean
+.PHONY: setup chromium demo test lint format type-check unit nbval book pages bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,15 +24,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/glare demo
 
-test: setup lint unit nbval book
+test: setup chromium lint unit nbval book pages
 
 lint: setup
-	$(BIN)/ruff check glare_core tests
-	$(BIN)/ruff format --check glare_core tests
+	$(BIN)/ruff check glare_core tests tools
+	$(BIN)/ruff format --check glare_core tests tools
 
 format: setup
-	$(BIN)/ruff check --fix glare_core tests
-	$(BIN)/ruff format glare_core tests
+	$(BIN)/ruff check --fix glare_core tests tools
+	$(BIN)/ruff format glare_core tests tools
 
 type-check: setup
 	$(BIN)/pip install -q mypy && $(BIN)/mypy glare_core
@@ -46,6 +46,16 @@ nbval: setup
 
 book: setup
 	$(BIN)/jupyter-book build . -W --keep-going
+
+# Every built page opened in headless Chromium (Debian's package): no missing figure, no raw maths, no console error.
+pages: book chromium
+	$(BIN)/python tools/check_pages.py --html _build/html
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing Debian's chromium for the page check"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 bench: setup
 	$(BIN)/glare bench --out results/bench.json

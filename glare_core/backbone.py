@@ -5,14 +5,17 @@ For every view GLARE needs (``glare-method.md`` section 2, "Backbone"):
 * the [CLS] token after the final norm, ``cls`` (B, D): the global (G) term's input;
 * the patch tokens after the final norm, ``patches`` (B, N, D) with N = h * w: the local (L) and regional (R)
   terms' input, and the segmentation probe's features;
-* the last block's [CLS] -> patch attention averaged over heads, ``attn`` (B, N): where the regional term samples.
+* the last block's [CLS] -> patch attention averaged over heads, ``attn`` (B, N): where the regional term
+  samples.
 
 timm computes attention with a fused kernel (``scaled_dot_product_attention``) that never materialises the
-attention matrix. :class:`Backbone` therefore captures the last block's ``qkv`` projection with a forward hook and
-recomputes only the [CLS] row, ``softmax(q_cls k^T / sqrt(d))``, which is exact and costs one (B, H, 1, N) product.
+attention matrix. :class:`Backbone` therefore captures the last block's ``qkv`` projection with a forward hook
+and recomputes only the [CLS] row, ``softmax(q_cls k^T / sqrt(d))``, which is exact and costs one (B, H, 1, N)
+product.
 
 Images enter in [0, 1] (B, 3, H, W); the backbone normalises them with its base's mean and standard deviation.
-H and W must be multiples of the patch size; the position embedding is resized to the grid (``dynamic_img_size``).
+H and W must be multiples of the patch size; the position embedding is resized to the grid
+(``dynamic_img_size``).
 """
 
 from __future__ import annotations
@@ -71,8 +74,9 @@ class Backbone(nn.Module):
     Args:
         vit: a timm ``VisionTransformer`` (with or without adapters / LoRA).
         mean, std: the base model's input normalisation.
-        pos_embed_antialias: resize the position embedding with antialiasing (timm's default, True) or without
-            (Hugging Face's and the original DINOv2's behaviour, which the offline DINOv2 base was trained with).
+        pos_embed_antialias: resize the position embedding with antialiasing (timm's default, True) or
+            without (Hugging Face's and the original DINOv2's behaviour, which the offline DINOv2 base was
+            trained with).
     """
 
     def __init__(
@@ -144,7 +148,8 @@ class Backbone(nn.Module):
             mask_token: (D,) the learned token used with ``token_mask``.
 
         Returns:
-            :class:`BackboneOutput` with ``cls`` (B, D), ``patches`` (B, N, D), ``grid`` (h, w), ``attn`` (B, N).
+            :class:`BackboneOutput` with ``cls`` (B, D), ``patches`` (B, N, D), ``grid`` (h, w),
+            ``attn`` (B, N).
         """
         vit = self.vit
         B, _, H, W = images.shape
@@ -178,7 +183,11 @@ class Backbone(nn.Module):
         attn = self._cls_attention(self._qkv, h * w) if return_attn else None
         self._qkv = None
         return BackboneOutput(
-            cls=x[:, 0], patches=x[:, self.num_prefix_tokens :], grid=(h, w), attn=attn, intermediates=intermediates
+            cls=x[:, 0],
+            patches=x[:, self.num_prefix_tokens :],
+            grid=(h, w),
+            attn=attn,
+            intermediates=intermediates,
         )
 
     def _keep_qkv(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
@@ -197,7 +206,9 @@ class Backbone(nn.Module):
 
 
 def create_vit(arch: str = "vit_small_patch16_224", img_size: int | None = None, **kwargs) -> nn.Module:
-    """A timm ViT with random weights and ``dynamic_img_size=True`` (weights come from :mod:`glare_core.weights`).
+    """A timm ViT with random weights and ``dynamic_img_size=True``.
+
+    Pretrained weights come from :mod:`glare_core.weights`.
 
     Args:
         arch: a key of :data:`ARCHITECTURES` or any timm ViT name.

@@ -20,19 +20,28 @@ from . import __version__, commands
 
 def command_modules() -> list:
     """The command modules, sorted by name."""
-    mods = [importlib.import_module(f"{commands.__name__}.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+    mods = [
+        importlib.import_module(f"{commands.__name__}.{m.name}")
+        for m in pkgutil.iter_modules(commands.__path__)
+    ]
     return sorted((m for m in mods if hasattr(m, "NAME")), key=lambda m: m.NAME)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glare",
-        description="GLARE: continual self-supervised pre-training with UniAdapters, and segmentation evaluation.",
+        description="GLARE: continual self-supervised pre-training with UniAdapters, and segmentation "
+        "evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"glare_core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in command_modules():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip())
+        p = sub.add_parser(
+            mod.NAME,
+            help=mod.HELP,
+            description=(mod.__doc__ or mod.HELP).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -32,7 +32,9 @@ class LoRALinear(nn.Linear):
         x: (..., in_features) -> (..., out_features)
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float | None = None, bias: bool = True):
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, alpha: float | None = None, bias: bool = True
+    ):
         super().__init__(in_features, out_features, bias=bias)
         self.rank = rank
         self.scaling = (alpha if alpha is not None else rank) / rank
@@ -55,7 +57,9 @@ class LoRALinear(nn.Linear):
         return F.linear(x, self.weight, self.bias) + update
 
 
-def add_lora(vit: nn.Module, rank: int = 8, alpha: float | None = None, targets: tuple[str, ...] = LORA_TARGETS):
+def add_lora(
+    vit: nn.Module, rank: int = 8, alpha: float | None = None, targets: tuple[str, ...] = LORA_TARGETS
+):
     """Replace the target linear layers of every block of a timm ViT by :class:`LoRALinear`, in place."""
     for block in vit.blocks:
         for parent in (block.attn, block.mlp):

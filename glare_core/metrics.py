@@ -1,7 +1,8 @@
 """Segmentation metrics from an accumulated confusion matrix: IoU per class, mIoU, pixel and mean accuracy.
 
-Design (``glare-method.md`` section 4, "Metric"): every number comes from one (C, C) confusion matrix summed over
-the whole validation set (not averaged per image), rows = ground truth, columns = prediction. For class c,
+Design (``glare-method.md`` section 4, "Metric"): every number comes from one (C, C) confusion matrix summed
+over the whole validation set (not averaged per image), rows = ground truth, columns = prediction. For each
+class c,
 
 .. math::
 
@@ -9,14 +10,15 @@ the whole validation set (not averaged per image), rows = ground truth, columns 
     \\mathrm{Acc}_c = \\frac{TP_c}{TP_c + FN_c}
 
 **The one mIoU rule.** mIoU is the mean of IoU_c over the classes that occur in the ground truth *or* in the
-prediction (TP + FP + FN > 0). A class absent from both has an undefined IoU (0 / 0): it is left out of the mean and
-reported as ``None``. A class that is only predicted (never in the ground truth) has IoU 0 and *does* count, so
-false alarms are penalised. Pixels whose ground truth is the ignore index (255) are dropped before counting, so they
-are neither right nor wrong. Pixel accuracy is the trace over the sum of the matrix (non-ignored pixels only). Mean
-accuracy averages Acc_c over the classes present in the ground truth (TP + FN > 0).
+prediction (TP + FP + FN > 0). A class absent from both has an undefined IoU (0 / 0): it is left out of the
+mean and reported as ``None``. A class that is only predicted (never in the ground truth) has IoU 0 and *does*
+count, so false alarms are penalised. Pixels whose ground truth is the ignore index (255) are dropped before
+counting, so they are neither right nor wrong. Pixel accuracy is the trace over the sum of the matrix
+(non-ignored pixels only). Mean accuracy averages Acc_c over the classes present in the ground truth
+(TP + FN > 0).
 
-This is the rule of mmsegmentation's ``total_area_to_metrics`` (NaN classes dropped by ``nanmean``) applied to a
-validation-set-wide matrix, which is how ADE20K / Cityscapes mIoU are reported.
+This is the rule of mmsegmentation's ``total_area_to_metrics`` (NaN classes dropped by ``nanmean``) applied to
+a validation-set-wide matrix, which is how ADE20K / Cityscapes mIoU are reported.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def confusion_matrix(
     pred, target = pred[keep], target[keep]
     if target.numel() and (target.min() < 0 or target.max() >= num_classes):
         raise ValueError(
-            f"label values must lie in [0, {num_classes}) or be {ignore_index}; found {target.min()}..{target.max()}"
+            f"label values must lie in [0, {num_classes}) or be {ignore_index}; "
+            f"found {target.min()}..{target.max()}"
             " (check the dataset's label mapping)"
         )
     if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
@@ -114,8 +117,8 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def segmentation_scores(conf: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
     """mIoU, pixel accuracy, mean accuracy and per-class IoU / accuracy of a confusion matrix.
 
-    See the module docstring for the rule: classes with TP + FP + FN = 0 are reported as ``None`` and left out of
-    the mean; classes only predicted count with IoU 0.
+    See the module docstring for the rule: classes with TP + FP + FN = 0 are reported as ``None`` and left out
+    of the mean; classes only predicted count with IoU 0.
 
     Args:
         conf: (C, C) confusion matrix (rows ground truth, columns prediction), ignore pixels already left out.

@@ -4,8 +4,8 @@
   (``~/.cache/glare/data``), where the Colab download helpers put what they fetch.
 * Cache (converted weights, cached features): ``$GLARE_CACHE_DIR``, else ``$XDG_CACHE_HOME/glare``, else
   ``~/.cache/glare``.
-* Environment switches: ``GLARE_SMOKE=1`` shrinks every run (tests, the book's smoke run); ``HF_HUB_OFFLINE=1``
-  forbids hub downloads.
+* Environment switches: ``GLARE_SMOKE=1`` shrinks every run (tests, the book's smoke run);
+  ``HF_HUB_OFFLINE=1`` forbids hub downloads.
 """
 
 from __future__ import annotations

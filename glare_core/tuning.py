@@ -78,7 +78,8 @@ class ParameterCount:
         return self.trainable / max(self.total, 1)
 
     def __str__(self) -> str:
-        return f"{self.trainable / 1e6:.2f} M trainable of {self.total / 1e6:.2f} M ({100 * self.fraction:.2f} %)"
+        share = 100 * self.fraction
+        return f"{self.trainable / 1e6:.2f} M trainable of {self.total / 1e6:.2f} M ({share:.2f} %)"
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:

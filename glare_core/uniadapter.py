@@ -7,15 +7,17 @@ in every transformer block, parallel to the MLP and on the post-attention hidden
 .. math::
 
     x \\leftarrow x + \\mathrm{attn}(\\mathrm{ln}_1(x)), \\qquad
-    x \\leftarrow x + \\mathrm{mlp}(\\mathrm{ln}_2(x)) + s \\cdot \\mathrm{up}(\\mathrm{relu}(\\mathrm{down}(\\mathrm{ln}_a(x))))
+    x \\leftarrow x + \\mathrm{mlp}(\\mathrm{ln}_2(x))
+      + s \\cdot \\mathrm{up}(\\mathrm{relu}(\\mathrm{down}(\\mathrm{ln}_a(x))))
 
-with the adapter's own LayerNorm ``ln_a``, ``down``: D -> r, ``up``: r -> D, scale s = 0.1 (fixed, or learnable
-starting at 0.1), no dropout. ``up`` weights and all biases start at zero, so the adapted model equals the base model
-exactly at step 0. UniAdapter's cross-modal parts (shared down-projection across modalities, text and fusion
-up-projections, query residual) have nothing to share in a vision-only ViT and are left out.
+with the adapter's own LayerNorm ``ln_a``, ``down``: D -> r, ``up``: r -> D, scale s = 0.1 (fixed, or
+learnable starting at 0.1), no dropout. ``up`` weights and all biases start at zero, so the adapted model
+equals the base model exactly at step 0. UniAdapter's cross-modal parts (shared down-projection across
+modalities, text and fusion up-projections, query residual) have nothing to share in a vision-only ViT and are
+left out.
 
-Parameters per block: ``2*D*r + r + 3*D`` (down weight and bias, up weight and bias, LayerNorm weight and bias);
-ViT-S/16 with r = 64: 12 * (2*384*64 + 64 + 3*384) = 0.604 M.
+Parameters per block: ``2*D*r + r + 3*D`` (down weight and bias, up weight and bias, LayerNorm weight and
+bias); ViT-S/16 with r = 64: 12 * (2*384*64 + 64 + 3*384) = 0.604 M.
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ class AdaptedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, D) -> (B, N, D)."""
-        attn_out = self.attn(self.norm1(x)) if attn_mask is None else self.attn(self.norm1(x), attn_mask=attn_mask)
+        attn_out = (
+            self.attn(self.norm1(x)) if attn_mask is None else self.attn(self.norm1(x), attn_mask=attn_mask)
+        )
         x = x + self.drop_path1(self.ls1(attn_out))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))) + self.adapter(x)
         return x
@@ -88,8 +92,8 @@ def add_uniadapters(
 ) -> nn.Module:
     """Put a UniAdapter into every block of a timm VisionTransformer, in place.
 
-    Returns the same model. At initialisation its outputs equal the base model's exactly (the ``up`` projection
-    and every bias start at zero).
+    Returns the same model. At initialisation its outputs equal the base model's exactly (the ``up``
+    projection and every bias start at zero).
     """
     blocks = vit.blocks
     for i, block in enumerate(blocks):

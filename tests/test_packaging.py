@@ -1,10 +1,12 @@
 """Packaging: pyproject.toml and environment.yml agree; loose bounds; Jupyter Book pinned to 1.x."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,137 @@
+"""Evaluate a backbone on semantic segmentation with the frozen-feature linear probe (and optionally k-NN
+forgetting).
+
+The protocol (``glare_core.evaluation``): images resized to --size (default 448x336, W x H, rounded to the
+patch multiple), frozen patch tokens of the last block (--layers last4: the last four, concatenated), cached
+on disk; a BatchNorm + 1x1 conv head (--head decoder: a light conv decoder) trained on the training split for
+--steps steps with a fixed --seed; mIoU, per-class IoU and pixel accuracy on the validation split at full
+label resolution. Every compared backbone must use the same options.
+
+Examples:
+  glare evaluate --base dinov2_vits14_imgfocus --dataset camvid --out results/base.json
+  glare evaluate --base dinov2_vits14_imgfocus --adapter runs/glare/adapter.safetensors --dataset camvid --knn
+  glare evaluate --base random:test_vit --dataset synthetic --steps 50 --size 112x84
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+NAME = "evaluate"
+HELP = "linear-probe segmentation mIoU of a base model (+ adapter), optional k-NN forgetting"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--base", default="dinov2_vits14_imgfocus", help="base model name or weight file")
+    parser.add_argument(
+        "--adapter", default=None, help="adapter-only export (.safetensors) to add to the base"
+    )
+    parser.add_argument("--dataset", default="camvid", help="dataset name (camvid, idd_lite, synthetic, ...)")
+    parser.add_argument(
+        "--root", default=None, help="dataset folder (default: searched under the data roots)"
+    )
+    parser.add_argument("--train-split", default="train", help="split the probe trains on")
+    parser.add_argument("--val-split", default="val", help="split the probe is scored on")
+    parser.add_argument("--limit", type=int, default=None, help="use N training images (fixed --seed)")
+    parser.add_argument("--val-limit", type=int, default=None, help="use N validation images (fixed --seed)")
+    parser.add_argument("--layers", default=None, help="last (default), last4, or block indices such as 9")
+    parser.add_argument(
+        "--head", choices=("linear", "decoder"), default=None, help="probe head (default linear)"
+    )
+    parser.add_argument(
+        "--size", default=None, help="probe input WxH (default 448x336; 112x84 in smoke mode)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="probe training steps (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=None, help="probe batch size (default 8)")
+    parser.add_argument("--lr", type=float, default=None, help="probe peak learning rate (default 1e-2)")
+    parser.add_argument("--seed", type=int, default=None, help="probe seed (default 0)")
+    parser.add_argument(
+        "--label-scale",
+        type=float,
+        default=None,
+        help="training-loss resolution factor (default 1.0; 0.5 is ~4x cheaper)",
+    )
+    parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation of the probe")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    parser.add_argument(
+        "--knn", action="store_true", help="also measure k-NN top-1 on Tiny-ImageNet (forgetting)"
+    )
+    parser.add_argument("--knn-root", default=None, help="Tiny-ImageNet parquet folder")
+    parser.add_argument("--out", default=None, help="write the result JSON here")
+
+
+def _config(args: argparse.Namespace):
+    from glare_core.evaluation import ProbeConfig
+    from glare_core.features import parse_size
+
+    overrides = {}
+    if args.layers is not None:
+        overrides["layers"] = args.layers
+    if args.head is not None:
+        overrides["head"] = args.head
+    if args.size is not None:
+        overrides["size"] = parse_size(args.size)
+    for name in ("steps", "batch_size", "lr", "seed", "label_scale"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.no_flip:
+        overrides["flip"] = False
+    if args.no_cache:
+        overrides["cache"] = False
+    return ProbeConfig.default(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from glare_core.data import build_dataset
+    from glare_core.evaluation import (
+        apply_adapter,
+        evaluate_backbone,
+        format_result,
+        load_backbone,
+        save_result,
+    )
+
+    try:
+        cfg = _config(args)
+        start = time.perf_counter()
+        backbone = load_backbone(args.base)
+        adapter = apply_adapter(backbone, args.adapter) if args.adapter else None
+        seed = cfg.seed
+        train_ds = build_dataset(args.dataset, args.train_split, root=args.root, limit=args.limit, seed=seed)
+        val_ds = build_dataset(args.dataset, args.val_split, root=args.root, limit=args.val_limit, seed=seed)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"glare evaluate: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"base {args.base}"
+        + (f" + {adapter['mode']} r={adapter['rank']} from {args.adapter}" if adapter else "")
+    )
+    print(f"{train_ds!r} -> {val_ds!r}")
+    result = evaluate_backbone(backbone, train_ds, val_ds, cfg)
+    result["base"] = args.base
+    result["adapter"] = adapter
+    if args.knn:
+        from glare_core.knn import knn_forgetting
+
+        try:
+            result["knn"] = knn_forgetting(
+                backbone, root=args.knn_root, cache=cfg.cache, progress=cfg.progress
+            )
+        except FileNotFoundError as err:
+            print(f"glare evaluate: {err}", file=sys.stderr)
+            return 2
+    result["timings"]["command_s"] = time.perf_counter() - start
+    print(format_result(result))
+    t = result["timings"]
+    print(
+        f"features {t['train_features_s']:.1f} s train + {t['val_features_s']:.1f} s val"
+        f"{' (cached)' if t['train_features_cached'] and t['val_features_cached'] else ''}, "
+        f"probe {t['probe_train_s']:.1f} s train + {t['probe_eval_s']:.1f} s eval"
+        + (f", k-NN {result['knn']['seconds']:.1f} s" if "knn" in result else "")
+    )
+    if args.out:
+        print(f"wrote {save_result(result, args.out)}")
+    return 0

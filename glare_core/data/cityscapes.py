@@ -1,0 +1,129 @@
+"""Cityscapes: 19 evaluation classes, 2975 train / 500 val images, 2048 x 1024 (fixtures only here).
+
+Layout (the official ``leftImg8bit_trainvaltest.zip`` + ``gtFine_trainvaltest.zip``)::
+
+    leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+
+Known: the ``labelIds`` maps hold the 34 Cityscapes ids (0..33); the official ``trainId`` table maps 19 of
+them to classes 0..18 and every other id (unlabeled, ego vehicle, parking, guard rail, caravan, trailer ...)
+to 255 (ignore), as in cityscapesScripts ``labels.py``. The test split's ``gtFine`` maps are placeholders:
+evaluate on val. Cityscapes needs a login (https://www.cityscapes-dataset.com), so there is no download
+helper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import (
+    IGNORE_INDEX,
+    DataError,
+    FileSegmentationDataset,
+    LabelMap,
+    MissingLabelsError,
+    SegmentationDataset,
+    canonical_split,
+    finish,
+    list_images,
+    pair_files,
+    require_dir,
+    resolve_root,
+)
+
+NAME = "cityscapes"
+CLASSES = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+PALETTE = (
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
+#: labelId -> trainId for the 19 evaluated classes (cityscapesScripts ``labels.py``).
+LABEL_ID_TO_TRAIN_ID = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+LABEL_MAP = LabelMap(
+    len(CLASSES),
+    {**{i: LABEL_ID_TO_TRAIN_ID.get(i, IGNORE_INDEX) for i in range(34)}, IGNORE_INDEX: IGNORE_INDEX},
+)
+SPLITS = ("train", "val", "test")
+CANDIDATES = ("cityscapes", "Cityscapes")
+FIX = (
+    "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
+    "https://www.cityscapes-dataset.com (login needed), unzip both into one folder and point GLARE_DATA_DIR "
+    "(or root=) at it."
+)
+
+
+def build(
+    split: str = "train",
+    root: str | Path | None = None,
+    labels: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+    size: tuple[int, int] | None = None,
+    strict: bool = True,
+) -> SegmentationDataset:
+    """One Cityscapes split (see the module docstring). Arguments as in ``build_dataset``."""
+    split = canonical_split(split)
+    if split not in SPLITS:
+        raise DataError(f"cityscapes: unknown split {split!r}. Fix: use one of {SPLITS}.")
+    folder = resolve_root(NAME, root, CANDIDATES, ("leftImg8bit",), FIX)
+    image_dir = require_dir(folder / "leftImg8bit" / split, f"cityscapes split {split!r}", FIX)
+    images = [p for p in list_images(image_dir, recursive=True) if p.stem.endswith("_leftImg8bit")]
+    label_paths, problems = None, []
+    if labels:
+        gt = folder / "gtFine" / split
+        if not gt.is_dir():
+            raise MissingLabelsError(
+                f"cityscapes/{split}: labels asked for, but {gt} does not exist. Fix: unzip "
+                "gtFine_trainvaltest.zip beside leftImg8bit/, or use labels=False.",
+                gt,
+            )
+
+        def label_for(p: Path) -> Path:
+            stem = p.stem[: -len("_leftImg8bit")]
+            return gt / p.parent.relative_to(image_dir) / f"{stem}_gtFine_labelIds.png"
+
+        images, label_paths, problems = pair_files(images, label_for, str(image_dir), strict)
+    ds = FileSegmentationDataset(NAME, split, CLASSES, PALETTE, images, label_paths, LABEL_MAP, folder, size)
+    return finish(
+        ds, limit, seed, str(image_dir), f"expected <city>/*_leftImg8bit.png there. {FIX}", problems
+    )

@@ -1,0 +1,393 @@
+"""The one segmentation protocol every compared backbone goes through: ``evaluate_backbone``.
+
+Design (``glare-method.md`` section 4): frozen features -> linear probe -> mIoU on the validation split, with
+the *same* resolution, layers, seeds and steps for every backbone, so that differences come only from
+pre-training.
+
+1. Resize every image to the probe resolution (default 448x336, W x H, for CamVid's 480x360 frames, rounded to
+   the patch multiple: exactly 448x336 for /14 and /16 backbones) and extract the frozen patch tokens of the
+   last block (or the last four blocks concatenated), cached on disk (:mod:`glare_core.features`).
+2. Train the head on the training split's features, labels resized (nearest) to the probe resolution
+   (:func:`glare_core.probe.train_probe`).
+3. Predict the validation split at full label resolution (logits upsampled bilinearly to each label's size)
+   and accumulate one confusion matrix (:mod:`glare_core.metrics`: mIoU over classes present in ground truth
+   or prediction).
+
+The result is a JSON-able dict that records the whole configuration, the backbone's fingerprint, the datasets
+and the timings; :func:`save_result` writes it atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .backbone import Backbone, create_backbone
+from .features import backbone_fingerprint, extract_features, probe_size, show_progress
+from .metrics import segmentation_scores
+from .paths import smoke_mode
+from .probe import build_head, evaluate_head, train_probe
+from .tuning import TUNING_MODES, configure_tuning
+
+
+@dataclass
+class ProbeConfig:
+    """The segmentation-probe protocol (Design; ``glare-method.md`` section 4). Every field is recorded in
+    results.
+
+    Attributes:
+        size: (W, H) input resolution before rounding to the patch multiple; 448x336 suits CamVid (480x360).
+        layers: ``"last"`` (last block's patch tokens, default), ``"last4"`` (last four blocks concatenated),
+            or block indices such as ``"9"``.
+        head: ``"linear"`` (BatchNorm + 1x1 conv, default) or ``"decoder"`` (two conv3x3-BN-ReLU then 1x1).
+        hidden_dim: width of the decoder head.
+        steps: optimiser steps of the head.
+        batch_size: images per step.
+        lr: peak learning rate (cosine decay to 0 after a linear warm-up). 1e-2 was chosen on CamVid val with
+            the offline DINOv2 base (1000 steps, batch 8, label_scale 0.5: mIoU 49.2 at 1e-3, 52.9 at 3e-3,
+            55.3 at 1e-2); it is fixed for every compared backbone.
+        weight_decay: weight decay.
+        optimizer: ``"adamw"`` or ``"sgd"``.
+        warmup_steps: linear warm-up steps (at most 10 % of ``steps``).
+        flip: random horizontal flips of feature maps and labels during training.
+        seed: seeds the head's initialisation, batch order and flips.
+        label_scale: resolution of the training loss relative to the probe input size (1.0: full; 0.5 is about
+            4x cheaper per step on CPU). Evaluation is always at full label resolution.
+        feature_batch_size: images per backbone forward during extraction.
+        eval_batch_size: feature maps per prediction batch.
+        amp: bf16 autocast on CPU / fp16 on CUDA during extraction.
+        cache: keep extracted features in the on-disk cache (``paths.cache_dir()/features``).
+        num_workers: DataLoader workers for image decoding.
+    """
+
+    size: tuple[int, int] = (448, 336)
+    layers: str = "last"
+    head: str = "linear"
+    hidden_dim: int = 256
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    warmup_steps: int = 50
+    flip: bool = True
+    seed: int = 0
+    label_scale: float = 1.0
+    feature_batch_size: int = 8
+    eval_batch_size: int = 8
+    amp: bool = True
+    cache: bool = True
+    num_workers: int = 0
+    progress: bool | None = field(default=None, metadata={"record": False})
+
+    @classmethod
+    def smoke(cls, **overrides) -> ProbeConfig:
+        """A seconds-long preset for tests and ``GLARE_SMOKE=1``: 112x84 input, 60 steps at lr 1e-2."""
+        values = dict(size=(112, 84), steps=60, batch_size=4, lr=1e-2, warmup_steps=5)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def default(cls, **overrides) -> ProbeConfig:
+        """The full preset, or :meth:`smoke` when ``GLARE_SMOKE=1``."""
+        return cls.smoke(**overrides) if smoke_mode() else cls(**overrides)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of the recorded fields."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("record", True):
+                value = getattr(self, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _dataset_info(ds: Dataset) -> dict:
+    return {
+        "name": getattr(ds, "name", type(ds).__name__),
+        "split": getattr(ds, "split", None),
+        "num_images": len(ds),
+    }
+
+
+def evaluate_backbone(
+    backbone: Backbone, train_ds: Dataset, val_ds: Dataset, cfg: ProbeConfig | None = None
+) -> dict:
+    """Linear-probe segmentation evaluation of a frozen backbone.
+
+    Args:
+        backbone: the backbone to evaluate; run in eval mode without gradients (its mode is restored and its
+            ``requires_grad`` flags are left alone, so it can be evaluated in the middle of training).
+        train_ds: labelled training split (a ``SegmentationDataset``).
+        val_ds: labelled validation split with the same classes.
+        cfg: the protocol (default :meth:`ProbeConfig.default`).
+
+    Returns:
+        JSON-able dict: ``miou``, ``pixel_acc``, ``mean_acc`` (fractions in [0, 1]), ``per_class_iou`` and
+        ``per_class_acc`` ({class name: value or None}), ``confusion_matrix`` (K x K list, rows ground truth),
+        ``num_classes_counted``, ``classes``, ``config``, ``backbone`` (fingerprint, patch size, width, depth,
+        probe input size), ``datasets`` (name, split, number of images), ``timings`` (seconds), ``probe``
+        (training loss curve), ``machine``.
+    """
+    cfg = cfg or ProbeConfig.default()
+    num_classes = int(getattr(train_ds, "num_classes", 0) or 0)
+    val_classes = int(getattr(val_ds, "num_classes", num_classes) or num_classes)
+    if num_classes <= 0:
+        raise ValueError("train_ds must say its num_classes (a glare_core.data.SegmentationDataset does)")
+    if val_classes != num_classes:
+        raise ValueError(f"train split has {num_classes} classes, validation split {val_classes}")
+    classes = list(getattr(train_ds, "classes", [str(c) for c in range(num_classes)]))
+    ignore_index = int(getattr(train_ds, "ignore_index", 255))
+    size = probe_size(cfg.size, backbone.patch_size)
+    was_training = backbone.training  # restored at the end: callers may evaluate mid-training
+    common = dict(
+        size=size,
+        layers=cfg.layers,
+        batch_size=cfg.feature_batch_size,
+        cache=cfg.cache,
+        amp=cfg.amp,
+        num_workers=cfg.num_workers,
+        progress=show_progress(cfg.progress),
+    )
+    start = time.perf_counter()
+    train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
+    val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
+
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg.head, train.features.shape[1], num_classes, cfg.hidden_dim)
+    t0 = time.perf_counter()
+    logs = train_probe(
+        head,
+        train.features,
+        train.labels,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        warmup_steps=cfg.warmup_steps,
+        flip=cfg.flip,
+        seed=cfg.seed,
+        label_scale=cfg.label_scale,
+        ignore_index=ignore_index,
+        progress=show_progress(cfg.progress),
+    )
+    t1 = time.perf_counter()
+    cm = evaluate_head(head, val.features, val.labels, num_classes, cfg.eval_batch_size, ignore_index)
+    t2 = time.perf_counter()
+    backbone.train(was_training)
+
+    scores = segmentation_scores(cm.matrix, classes)
+    return {
+        **scores,
+        "confusion_matrix": cm.matrix.tolist(),
+        "classes": classes,
+        "config": cfg.to_dict(),
+        "backbone": {
+            "fingerprint": backbone_fingerprint(backbone),
+            "patch_size": backbone.patch_size,
+            "embed_dim": backbone.embed_dim,
+            "depth": backbone.depth,
+            "layers": train.layers,
+            "input_size_hw": list(size),
+            "feature_grid_hw": list(train.features.shape[-2:]),
+        },
+        "datasets": {"train": _dataset_info(train_ds), "val": _dataset_info(val_ds)},
+        "timings": {
+            "train_features_s": train.seconds,
+            "val_features_s": val.seconds,
+            "train_features_cached": train.cached,
+            "val_features_cached": val.cached,
+            "probe_train_s": t1 - t0,
+            "probe_eval_s": t2 - t1,
+            "total_s": t2 - start,
+        },
+        "probe": logs,
+        "machine": {
+            "device": str(next(backbone.parameters()).device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+    }
+
+
+def save_result(result: dict, path: str | Path) -> Path:
+    """Write a result dict as indented JSON, atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_result(path: str | Path) -> dict:
+    """Read a result written by :func:`save_result`."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def format_result(result: dict) -> str:
+    """A plain-text table: per-class IoU, then mIoU / pixel accuracy / mean accuracy (in %)."""
+
+    def pct(v: float | None) -> str:
+        return "  n/a" if v is None else f"{100 * v:5.1f}"
+
+    names = list(result["per_class_iou"])
+    width = max([len(n) for n in names] + [10])
+    lines = [f"{'class':<{width}}   IoU %   Acc %"]
+    for n in names:
+        lines.append(
+            f"{n:<{width}}   {pct(result['per_class_iou'][n])}   {pct(result['per_class_acc'].get(n))}"
+        )
+    lines.append("-" * (width + 16))
+    lines.append(f"{'mIoU':<{width}}   {pct(result['miou'])}")
+    lines.append(f"{'pixel acc':<{width}}   {pct(result['pixel_acc'])}")
+    lines.append(f"{'mean acc':<{width}}   {pct(result['mean_acc'])}")
+    if "knn" in result:
+        lines.append(f"{'k-NN top-1':<{width}}   {pct(result['knn'].get('top1'))}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ backbones
+def load_backbone(base: str) -> Backbone:
+    """A frozen base backbone: ``glare_core.weights.load_base(base)``; ``random:<arch>`` also works without
+    it."""
+    try:
+        from .weights import load_base
+    except ImportError:
+        load_base = None
+    if load_base is not None:
+        return load_base(base)
+    if base.startswith("random:"):
+        torch.manual_seed(0)
+        backbone = create_backbone(base.split(":", 1)[1])
+        return backbone.eval().requires_grad_(False)
+    raise RuntimeError(f"cannot load base {base!r}: glare_core.weights is not available (use random:<arch>)")
+
+
+_MODE_KEYS = ("tuning_mode", "mode", "tuning")
+_RANK_KEYS = ("rank", "adapter_rank", "lora_rank", "bottleneck", "r")
+_NON_BACKBONE = ("head", "heads", "dino_head", "patch_head", "centre", "center", "mask_token")
+
+
+def _strip_prefix(key: str) -> str:
+    """``student.backbone.vit.blocks.0.adapter.down.weight`` -> ``blocks.0.adapter.down.weight``."""
+    for marker in ("vit.", "backbone."):
+        if marker in key and key.split(marker, 1)[1].split(".", 1)[0] in ("blocks", "norm", "patch_embed"):
+            return key.split(marker, 1)[1]
+    return key
+
+
+def apply_adapter(backbone: Backbone, path: str | Path) -> dict:
+    """Add the tuning modules of an adapter-only export to ``backbone`` and load its tensors strictly.
+
+    The export is a safetensors file of the trained tensors (``blocks.0.adapter.down.weight`` ...) whose
+    metadata gives the tuning mode and rank (``tuning_mode`` / ``mode``, ``rank``; optional ``adapter_scale``,
+    ``learnable_scale``, ``lora_alpha``). Missing metadata is inferred from the keys and shapes. The backbone
+    is changed in place (``configure_tuning``), then frozen and put in eval mode.
+
+    Returns:
+        ``{"path", "mode", "rank", "num_tensors", "num_parameters", "metadata"}`` for the result record.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file when it is missing, or its keys do not match the
+        modules.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"adapter file {path} not found. Fix: pass the adapter.safetensors a pretrain run wrote."
+        )
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({err}). Fix: pass an adapter export."
+        ) from err
+    tensors = {_strip_prefix(k): v for k, v in tensors.items()}
+    ignored = sorted(k for k in tensors if k.split(".", 1)[0] in _NON_BACKBONE)
+    tensors = {k: v for k, v in tensors.items() if k not in ignored}
+
+    mode = next((meta[k] for k in _MODE_KEYS if k in meta), None)
+    if mode is None:
+        mode = (
+            "adapter"
+            if any(".adapter." in k for k in tensors)
+            else "lora"
+            if any("lora_" in k for k in tensors)
+            else None
+        )
+    if mode not in TUNING_MODES:
+        raise ValueError(
+            f"{path}: tuning mode {mode!r} unknown or missing in the metadata; expected one of {TUNING_MODES}"
+        )
+    rank = next((int(meta[k]) for k in _RANK_KEYS if k in meta), None)
+    if rank is None and mode == "adapter":
+        rank = next((v.shape[0] for k, v in tensors.items() if k.endswith("adapter.down.weight")), 64)
+    if rank is None and mode == "lora":
+        rank = next((v.shape[0] for k, v in tensors.items() if k.endswith("lora_a")), 8)
+    kwargs = {}
+    if "adapter_scale" in meta:
+        kwargs["adapter_scale"] = float(meta["adapter_scale"])
+    learnable = meta.get("learnable_scale", "").lower() in ("1", "true", "yes") or any(
+        k.endswith("adapter.scale") for k in tensors
+    )
+    kwargs["learnable_scale"] = learnable
+    if meta.get("lora_alpha") not in (None, "", "None"):
+        kwargs["lora_alpha"] = float(meta["lora_alpha"])
+
+    vit = backbone.vit
+    if mode in ("adapter", "lora"):
+        configure_tuning(vit, mode, rank=rank or 64, **kwargs)
+        expected = {n for n, p in vit.named_parameters() if p.requires_grad}
+    else:
+        expected = set(vit.state_dict())
+    missing = sorted(expected - set(tensors))
+    unexpected = sorted(set(tensors) - set(vit.state_dict()))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: keys do not match a {mode} model of rank {rank}: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}. Fix: pass the export made for this "
+            "base model (same architecture, tuning mode and rank)."
+        )
+    state = vit.state_dict()
+    for k, v in tensors.items():
+        if state[k].shape != v.shape:
+            raise ValueError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(state[k].shape)}"
+            )
+    vit.load_state_dict(tensors, strict=False)
+    backbone.eval().requires_grad_(False)
+    return {
+        "path": str(path),
+        "mode": mode,
+        "rank": rank,
+        "num_tensors": len(tensors),
+        "num_parameters": sum(v.numel() for v in tensors.values()),
+        "ignored_keys": ignored,
+        "metadata": meta,
+    }

@@ -1,0 +1,45 @@
+"""GLARE's three consistency losses, one module each (``glare-method.md`` section 2).
+
+=========================  ===========================================================================
+``global_consistency``     (G) DINO's cross-view [CLS] self-distillation, :class:`DINOLoss`
+``local_consistency``      (L) iBOT-style patch distillation on corrupted cells,
+:class:`PatchDistillationLoss` ``regional_consistency``   (R) attention-guided regions + cross-attention
+correspondence, :class:`RegionLoss` =========================
+===========================================================================
+"""
+
+from .global_consistency import Centering, DINOLoss, centred_softmax, soft_cross_entropy, teacher_temperature
+from .local_consistency import (
+    LOCAL_VARIANTS,
+    LocalInputs,
+    PatchDistillationLoss,
+    build_local_loss,
+    register_local_variant,
+)
+from .regional_consistency import (
+    RegionLoss,
+    cross_attention_correspondence,
+    geometric_correspondence,
+    pool_regions,
+    region_windows,
+    sample_region_centres,
+)
+
+__all__ = [
+    "Centering",
+    "DINOLoss",
+    "teacher_temperature",
+    "centred_softmax",
+    "soft_cross_entropy",
+    "LOCAL_VARIANTS",
+    "LocalInputs",
+    "PatchDistillationLoss",
+    "build_local_loss",
+    "register_local_variant",
+    "RegionLoss",
+    "cross_attention_correspondence",
+    "geometric_correspondence",
+    "pool_regions",
+    "region_windows",
+    "sample_region_centres",
+]

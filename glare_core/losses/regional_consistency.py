@@ -1,0 +1,254 @@
+"""(R) Regional consistency: attention-guided regions matched across views by cross-attention.
+
+Known (GLARE abstract): a regional consistency constraint that uses spatial semantics, built from
+**attention-guided region sampling** and **cross-attention region correspondence**. Everything below is this
+project's Design (``glare-method.md`` section 2, "(R)"):
+
+1. *Sampling* (:func:`sample_region_centres`): from the teacher's [CLS] -> patch attention a (B, N) of view X,
+   draw K region centres per image without replacement with probability
+   ``p_i = alpha * a_i / sum_j a_j + (1 - alpha) / N`` (alpha = 0.8; ``uniform=True`` gives 1/N, the
+   ablation).
+2. *Regions* (:func:`region_windows`, :func:`pool_regions`): a region is the k x k window of cells around its
+   centre (k = 3, shifted to stay inside the grid); its embedding r is the mean of the student's patch tokens
+   there.
+3. *Correspondence* (:func:`cross_attention_correspondence`): parameter-free cross-attention of the region (as
+   query, detached) over the teacher's patch tokens z'_j of the other view X',
+   ``w_j = softmax_j(cos(q, z'_j) / tau_a)`` (tau_a = 0.1), retrieved ``r' = sum_j w_j z'_j``. The ablation
+   :func:`geometric_correspondence` maps the window through the crop boxes and flips instead and pools the
+   other view's teacher tokens there.
+4. *Loss* (:class:`RegionLoss`): ``"ce"``, DINO's cross-entropy through the (frozen) head with the teacher
+   side centred (own centre) and sharpened; ``"infonce"``, InfoNCE across all the batch's regions;
+   ``"cosine"``, the negative cosine similarity. Averaged over the regions of both directions (X -> X' and X'
+   -> X): symmetric.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..views import source_to_view, view_to_source
+from .global_consistency import Centering, centred_softmax, soft_cross_entropy, teacher_temperature
+
+REGION_LOSSES = ("ce", "infonce", "cosine")
+
+
+def _float32(*tensors: torch.Tensor):
+    """The tensors in float32, to be used under ``torch.autocast(enabled=False)``."""
+    return tuple(t.float() for t in tensors)
+
+
+def sample_region_centres(
+    attn: torch.Tensor | None,
+    grid: tuple[int, int],
+    num_regions: int = 6,
+    alpha: float = 0.8,
+    uniform: bool = False,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Draw region centres from the attention-guided distribution, without replacement.
+
+    Args:
+        attn: (B, N) non-negative [CLS] attention of the teacher (may be None when ``uniform``).
+        grid: (h, w) with N = h * w.
+        num_regions: K centres per image (at most N).
+        alpha: weight of the attention in the mixture ``alpha * attn_normalised + (1 - alpha) / N``.
+        uniform: ignore the attention (the uniform-sampling ablation).
+        generator: ``torch.Generator`` for reproducibility (its device is used for the draw).
+        batch_size: B, needed only when ``attn`` is None.
+
+    Returns:
+        (B, K) long indices of the centre cells.
+    """
+    N = grid[0] * grid[1]
+    if num_regions > N:
+        raise ValueError(f"num_regions={num_regions} exceeds the {N} patch cells of the grid {grid}")
+    device = generator.device if generator is not None else (attn.device if attn is not None else "cpu")
+    if uniform or attn is None:
+        B = attn.shape[0] if attn is not None else batch_size
+        probs = torch.full((B, N), 1.0 / N, device=device)
+    else:
+        a = attn.detach().float().clamp(min=0).to(device)
+        a = a / a.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        probs = alpha * a + (1 - alpha) / N
+    centres = torch.multinomial(probs, num_regions, replacement=False, generator=generator)
+    return centres.to(attn.device if attn is not None else device)
+
+
+def region_windows(centres: torch.Tensor, grid: tuple[int, int], k: int = 3) -> torch.Tensor:
+    """The k x k windows of cells around the centres, shifted to stay inside the grid.
+
+    Args:
+        centres: (B, K) cell indices (row-major).
+        grid: (h, w).
+        k: window side (k <= min(h, w)).
+
+    Returns:
+        (B, K, k * k) cell indices, row-major inside each window.
+    """
+    h, w = grid
+    if k > h or k > w:
+        raise ValueError(f"region window {k}x{k} does not fit the patch grid {h}x{w}; use a smaller window")
+    row, col = centres // w, centres % w
+    top = (row - k // 2).clamp(0, h - k)
+    left = (col - k // 2).clamp(0, w - k)
+    d = torch.arange(k, device=centres.device)
+    rows = top[..., None, None] + d.view(k, 1)
+    cols = left[..., None, None] + d.view(1, k)
+    return (rows * w + cols).flatten(-2)
+
+
+def pool_regions(tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Mean of the tokens inside each window: (B, N, D), (B, K, k*k) -> (B, K, D)."""
+    B, K, kk = windows.shape
+    idx = windows.reshape(B, K * kk, 1).expand(-1, -1, tokens.shape[-1])
+    return tokens.gather(1, idx).view(B, K, kk, -1).mean(dim=2)
+
+
+def cross_attention_correspondence(
+    queries: torch.Tensor, keys: torch.Tensor, tau: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameter-free cross-attention: retrieve, for each region, its counterpart among the other view's
+    tokens.
+
+    ``w = softmax_j(cos(q_k, z_j) / tau)``, ``retrieved_k = sum_j w_kj z_j`` (computed in float32).
+
+    Args:
+        queries: (B, K, D) region embeddings.
+        keys: (B, N, D) the other view's (teacher) patch tokens.
+        tau: temperature tau_a (0.1).
+
+    Returns:
+        retrieved (B, K, D) float32 and weights (B, K, N).
+    """
+    with torch.autocast(device_type=keys.device.type, enabled=False):
+        q, z = _float32(queries, keys)
+        sim = F.normalize(q, dim=-1) @ F.normalize(z, dim=-1).transpose(1, 2)
+        weights = (sim / tau).softmax(dim=-1)
+        return weights @ z, weights
+
+
+def geometric_correspondence(
+    windows: torch.Tensor,
+    grid: tuple[int, int],
+    box_src: torch.Tensor,
+    flip_src: torch.Tensor,
+    box_dst: torch.Tensor,
+    flip_dst: torch.Tensor,
+    tokens_dst: torch.Tensor,
+    grid_dst: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ablation: pool the other view's tokens where the window's cells land geometrically.
+
+    Each window cell's centre is mapped to the source image through view X's crop box and flip, then into view
+    X' through its box and flip; X''s token map is sampled bilinearly there, and the cells that fall inside X'
+    are averaged.
+
+    Args:
+        windows: (B, K, k*k) cell indices in view X's grid ``grid``.
+        box_src, flip_src: (B, 4), (B,) crop box and flip of X; box_dst, flip_dst: those of X'.
+        tokens_dst: (B, N', D) teacher tokens of X' on ``grid_dst``.
+
+    Returns:
+        retrieved (B, K, D) float32 and valid (B, K) bool (at least one cell of the window is inside X').
+    """
+    h, w = grid
+    B, K, kk = windows.shape
+    with torch.autocast(device_type=tokens_dst.device.type, enabled=False):
+        x = ((windows % w).float() + 0.5) / w
+        y = ((windows // w).float() + 0.5) / h
+        pts = torch.stack([x, y], dim=-1).view(B, K * kk, 2)
+        src = view_to_source(pts, box_src.float(), flip_src)
+        dst, inside = source_to_view(src, box_dst.float(), flip_dst)
+        hd, wd = grid_dst
+        fmap = tokens_dst.float().transpose(1, 2).reshape(B, -1, hd, wd)
+        grid_pts = (dst * 2 - 1)[:, :, None, :]
+        sampled = F.grid_sample(fmap, grid_pts, mode="bilinear", padding_mode="border", align_corners=False)
+        sampled = sampled[..., 0].transpose(1, 2).view(B, K, kk, -1)
+        weight = inside.view(B, K, kk, 1).float()
+        retrieved = (sampled * weight).sum(2) / weight.sum(2).clamp(min=1)
+        return retrieved, inside.view(B, K, kk).any(-1)
+
+
+class RegionLoss(nn.Module):
+    """The regional term L_R between student regions and their retrieved teacher counterparts.
+
+    Args:
+        kind: ``"ce"`` (through the heads, DINO-style), ``"infonce"`` or ``"cosine"``.
+        out_dim: K of the head for ``"ce"`` (None: sized at the first call).
+        student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps: as in the global term.
+        center_momentum: EMA momentum of the region centre (0.9).
+        infonce_temp: temperature of the InfoNCE variant (0.1).
+    """
+
+    def __init__(
+        self,
+        kind: str = "ce",
+        out_dim: int | None = None,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_steps: int = 1000,
+        center_momentum: float = 0.9,
+        infonce_temp: float = 0.1,
+    ):
+        super().__init__()
+        if kind not in REGION_LOSSES:
+            raise ValueError(f"region loss {kind!r}; choose one of {REGION_LOSSES}")
+        self.kind = kind
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
+        self.infonce_temp = infonce_temp
+        self.centering = Centering(out_dim, center_momentum)
+
+    def forward(
+        self,
+        student_regions: torch.Tensor,
+        teacher_regions: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        student_head: nn.Module | None = None,
+        teacher_head: nn.Module | None = None,
+        step: int = 0,
+    ) -> torch.Tensor:
+        """Loss over the regions (both directions concatenated).
+
+        Args:
+            student_regions: (M, D) or (B, K, D) student region embeddings (with gradients).
+            teacher_regions: same shape, retrieved teacher embeddings (treated as constants).
+            valid: optional bool mask of the regions to use (geometric correspondence).
+            student_head, teacher_head: the patch heads (needed for ``"ce"``).
+            step: optimiser step (temperature warm-up).
+
+        Returns:
+            Scalar float32 loss (updates the centre for ``"ce"``).
+        """
+        s = student_regions.reshape(-1, student_regions.shape[-1])
+        t = teacher_regions.reshape(-1, teacher_regions.shape[-1]).detach()
+        if valid is not None:
+            keep = valid.reshape(-1)
+            s, t = s[keep], t[keep]
+        if s.shape[0] == 0:
+            return student_regions.sum().float() * 0.0
+        if self.kind == "ce":
+            if student_head is None or teacher_head is None:
+                raise ValueError("the 'ce' region loss needs the student and teacher heads")
+            s_logits = student_head(s.to(next(student_head.parameters()).dtype))
+            with torch.no_grad():
+                t_logits = teacher_head(t.to(next(teacher_head.parameters()).dtype)).float()
+            temp = teacher_temperature(
+                step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
+            )
+            probs = centred_softmax(t_logits, self.centering, temp)
+            loss = soft_cross_entropy(s_logits, probs, self.student_temp).mean()
+            self.centering.update(t_logits)
+            return loss
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            s_n, t_n = F.normalize(s.float(), dim=-1), F.normalize(t.float(), dim=-1)
+            if self.kind == "cosine":
+                return -(s_n * t_n).sum(-1).mean()
+            logits = s_n @ t_n.T / self.infonce_temp
+            return F.cross_entropy(logits, torch.arange(len(s_n), device=s.device))

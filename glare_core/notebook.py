@@ -1,0 +1,385 @@
+"""Helpers for the book's notebooks: one setup call, cached heavy work, and image grids.
+
+Every chapter's setup cell does::
+
+    from glare_core.notebook import setup
+    env = setup()
+
+which detects Colab, installs what is missing there (this package only, never torch, torchvision or
+numpy), picks the device (CUDA, else CPU with a loud warning), reports smoke mode (``GLARE_SMOKE=1``), seeds
+every generator and sets matplotlib defaults. Heavy cells go through :func:`load_or_compute`, which loads a
+committed result when the full run already produced it and computes (and saves) it otherwise, following the
+UvA deep-learning notebooks and fastbook. None of this is part of the GLARE method.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbone import Backbone
+from .paths import REPO_ROOT, data_roots, smoke_mode
+
+#: Where Colab readers install the package from (``pip install --no-deps`` of this repository).
+REPOSITORY_URL = "https://github.com/glare-book/glare-book"
+
+#: Light run-time dependencies that may be missing in Colab: import name -> pip requirement.
+#: torch, torchvision and numpy are deliberately absent: Colab's own builds must never be replaced.
+LIGHT_DEPENDENCIES = {
+    "timm": "timm>=1.0.9",
+    "einops": "einops>=0.7",
+    "safetensors": "safetensors>=0.4",
+    "datasets": "datasets>=2.18",
+    "ipywidgets": "ipywidgets>=8.0",
+    "tqdm": "tqdm>=4.64",
+}
+
+CPU_WARNING = """\
+!!! Running on the CPU: no GPU was found. !!!
+  Forward passes and parameter counts are fine on a CPU, but continual
+  pre-training (chapters 9-11) takes hours here.
+  * Colab: Runtime > Change runtime type > T4 GPU, then run again.
+  * Locally: GLARE_SMOKE=1 shrinks every run to seconds; the training
+    chapters also have a CPU preset (the book's committed outputs come
+    from such CPU runs with the offline base)."""
+
+
+@dataclass(frozen=True)
+class Env:
+    """What :func:`setup` found.
+
+    Attributes:
+        device: ``cuda`` when a GPU is visible, else ``cpu``.
+        smoke: True when ``GLARE_SMOKE=1``: every run shrinks so the notebook executes in seconds.
+        colab: True inside Google Colab.
+        data_dir: the first existing data root (``$GLARE_DATA_DIR``, ``../shared/data``, the user cache),
+            or the user cache folder where the Colab download helpers put datasets.
+        seed: the seed every generator was set to.
+    """
+
+    device: torch.device
+    smoke: bool
+    colab: bool
+    data_dir: Path
+    seed: int = 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def pick(self, full: Any, smoke: Any) -> Any:
+        """``smoke`` in smoke mode, else ``full``: ``steps = env.pick(300, 3)``."""
+        return smoke if self.smoke else full
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def install_in_colab(quiet: bool = True) -> list[str]:
+    """Install this package and only the missing light dependencies, never re-pinning torch or numpy.
+
+    ``pip install --no-deps`` of the repository keeps Colab's torch, torchvision and numpy; then every entry
+    of :data:`LIGHT_DEPENDENCIES` that cannot be imported is installed. Returns the requirements installed.
+    """
+    pip = [sys.executable, "-m", "pip", "install"] + (["-q"] if quiet else [])
+    installed = []
+    if importlib.util.find_spec("glare_core") is None:
+        subprocess.check_call(pip + ["--no-deps", f"git+{REPOSITORY_URL}"])
+        installed.append("glare-core")
+    missing = [req for mod, req in LIGHT_DEPENDENCIES.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        subprocess.check_call(pip + missing)
+        installed += missing
+    return installed
+
+
+def pick_device() -> torch.device:
+    """CUDA if available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def set_plot_defaults() -> None:
+    """Matplotlib defaults shared by every figure of the book (readable in the HTML book and in Colab)."""
+    import matplotlib as mpl
+
+    mpl.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": 150,
+            "savefig.bbox": "tight",
+            "figure.figsize": (7.0, 4.0),
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "image.interpolation": "nearest",
+        }
+    )
+
+
+def use_inline_figures() -> bool:
+    """In a Jupyter kernel, draw figures inline even if ``MPLBACKEND=Agg`` is exported (the Makefile does).
+
+    Returns True when the inline backend was selected, False outside a kernel (scripts, tests).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    shell.run_line_magic("matplotlib", "inline")
+    return True
+
+
+def _first_data_dir() -> Path:
+    roots = data_roots()
+    for root in roots:
+        if root.is_dir():
+            return root
+    return roots[-1]
+
+
+def setup(seed: int = 0, verbose: bool = True) -> Env:
+    """Prepare a notebook: install in Colab, pick the device, seed, set plot defaults, report smoke mode.
+
+    Args:
+        seed: the seed for Python, NumPy and PyTorch.
+        verbose: print what was found (device, smoke mode, data folder).
+
+    Returns:
+        :class:`Env` with ``device``, ``smoke``, ``colab``, ``data_dir`` and ``seed``.
+    """
+    colab = in_colab()
+    if colab:
+        installed = install_in_colab()
+        if installed and verbose:
+            print("Installed in Colab:", ", ".join(installed))
+    smoke = smoke_mode()
+    if smoke:
+        # tqdm >= 4.66 reads TQDM_DISABLE: no progress bars, so smoke runs print the same lines every time.
+        os.environ["TQDM_DISABLE"] = "1"
+    device = pick_device()
+    seed_everything(seed)
+    use_inline_figures()
+    set_plot_defaults()
+    env = Env(device=device, smoke=smoke, colab=colab, data_dir=_first_data_dir(), seed=seed)
+    if verbose:
+        name = torch.cuda.get_device_name(0) if env.on_gpu else "CPU"
+        print(f"device: {device} ({name}) | torch {torch.__version__} | colab: {colab}")
+        print(
+            "smoke mode: ON (GLARE_SMOKE=1, every run shrunk to seconds)"
+            if smoke
+            else "smoke mode: off (full runs; set GLARE_SMOKE=1 for a quick pass)"
+        )
+        if device.type == "cpu":
+            print(CPU_WARNING if not smoke else "CPU: fine for smoke mode.")
+    return env
+
+
+# ----------------------------------------------------------------------------------------- cached heavy work
+def resolve_result_path(path: str | os.PathLike) -> Path:
+    """Relative result paths are taken from the repository root (where ``results/`` lives) when running from a
+    checkout, else from the current folder."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    base = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+    return base / path
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} as JSON; return dicts, lists, numbers or tensors")
+
+
+def save_result(path: Path, value: Any) -> None:
+    """Save by suffix: ``.json`` (JSON), ``.pt``/``.pth`` (torch.save), ``.npz`` (a dict of arrays)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        path.write_text(json.dumps(value, indent=2, default=_to_jsonable) + "\n")
+    elif suffix in (".pt", ".pth"):
+        torch.save(value, path)
+    elif suffix == ".npz":
+        np.savez_compressed(path, **value)
+    else:
+        raise ValueError(f"{path}: unknown result format {suffix!r}; use .json, .pt or .npz")
+
+
+def load_result(path: Path) -> Any:
+    """Load a result saved by :func:`save_result`."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(path.read_text())
+        if suffix in (".pt", ".pth"):
+            return torch.load(path, map_location="cpu", weights_only=False)
+        if suffix == ".npz":
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+    except Exception as err:  # a truncated or hand-edited file
+        raise ValueError(f"{path}: cannot read this stored result ({err}); delete it to recompute") from err
+    raise ValueError(f"{path}: unknown result format {suffix!r}; use .json, .pt or .npz")
+
+
+def load_or_compute(
+    path: str | os.PathLike, fn: Callable[[], Any], force: bool = False, verbose: bool = True
+) -> Any:
+    """Load the stored result at ``path`` if present, else compute it with ``fn()`` and save it.
+
+    Heavy cells of the book call this, so that the full run's result (committed under ``results/``) is loaded
+    in seconds, and a reader who deletes the file, or sets ``GLARE_RECOMPUTE=1``, recomputes it.
+
+    In smoke mode (``GLARE_SMOKE=1``) ``fn`` always runs (it is small there) and nothing is saved, so a smoke
+    run never overwrites a full result.
+
+    Args:
+        path: ``.json``, ``.pt`` or ``.npz`` file; relative paths start at the repository root.
+        fn: computes the result (no arguments).
+        force: recompute even if the file exists (also ``GLARE_RECOMPUTE=1``).
+        verbose: print where the result came from.
+    """
+    target = resolve_result_path(path)
+    if smoke_mode():
+        if verbose:
+            print(f"smoke mode: computing (not saved to {path})")
+        return fn()
+    force = force or os.environ.get("GLARE_RECOMPUTE", "0") not in ("", "0")
+    if target.exists() and not force:
+        if verbose:
+            print(f"loaded stored result {path}")
+        return load_result(target)
+    value = fn()
+    save_result(target, value)
+    if verbose:
+        print(f"computed and saved {path}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------- attention
+@torch.no_grad()
+def cls_attention_heads(backbone: Backbone, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Per-head [CLS] -> patch attention of the last block, for the book's attention figures.
+
+    :class:`~glare_core.backbone.Backbone` returns this map averaged over heads (``BackboneOutput.attn``, what
+    GLARE's regional term samples from); chapter 1 looks at the heads one by one. The last block's ``qkv``
+    output is captured with a forward hook and the [CLS] row ``softmax(q_cls k^T / sqrt(d))`` is recomputed
+    per head. Its mean over heads equals ``BackboneOutput.attn`` (``tests/test_book.py`` checks it).
+
+    Args:
+        backbone: a :class:`~glare_core.backbone.Backbone`.
+        images: (B, 3, H, W) in [0, 1], H and W multiples of the patch size.
+
+    Returns:
+        ((B, heads, N) attention over the patches, (h, w) patch grid).
+    """
+    attn_mod = backbone.vit.blocks[-1].attn
+    captured: list[torch.Tensor] = []
+    hook = attn_mod.qkv.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        out = backbone(images, return_attn=False)
+    finally:
+        hook.remove()
+    qkv = captured[-1]
+    B, T, _ = qkv.shape
+    heads, head_dim = attn_mod.num_heads, attn_mod.head_dim
+    q, k, _ = qkv.reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, T, d)
+    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    logits = (q[:, :, :1].float() * head_dim**-0.5) @ k.float().transpose(-2, -1)  # (B, heads, 1, T)
+    n = out.grid[0] * out.grid[1]
+    return logits.softmax(dim=-1)[:, :, 0, T - n :], out.grid
+
+
+# ----------------------------------------------------------------------------------------- figures
+def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(3, H, W) uint8 or float in [0, 1] tensor, or (H, W, 3) array -> (H, W, 3) array for ``imshow``."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 1)
+    return image.squeeze()
+
+
+def colorize_labels(
+    label: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255
+) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours; ``ignore_index`` pixels are black."""
+    label = label.cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    lut[ignore_index] = 0
+    return lut[label.astype(np.int64).clip(0, 255)]
+
+
+def show_images(
+    images: Sequence[Any],
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    size: float = 3.0,
+    cmap: str | None = None,
+    suptitle: str | None = None,
+):
+    """Draw images in a grid and return the figure.
+
+    Args:
+        images: tensors (3, H, W) / (H, W) or arrays (H, W, 3) / (H, W).
+        titles: one title per image.
+        ncols: images per row.
+        size: inches per image (width).
+        cmap: colour map for single-channel images.
+        suptitle: a title over the grid.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = (n + ncols - 1) // ncols
+    first = to_numpy_image(images[0])
+    aspect = first.shape[0] / first.shape[1]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * aspect * nrows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(to_numpy_image(images[i]), cmap=cmap)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
