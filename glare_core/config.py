@@ -71,7 +71,10 @@ class TrainConfig:
     split: str = "train"
     """Split to pre-train on (labels are never read)."""
     limit: int | None = None
-    """Use only this many images (the reduced split, chosen with ``seed``); None = all."""
+    """Use only this many images (the reduced split, chosen with ``limit_seed``); None = all."""
+    limit_seed: int | None = None
+    """Seed that chooses the reduced split (None: ``seed``). Fixing it keeps the same subset across runs whose
+    ``seed`` differs (the experiments' 3 seeds pre-train on one fixed IDD-Lite subset)."""
     root: str | None = None
     """Dataset folder (default: found under ``../shared/data`` or ``$GLARE_DATA_DIR``)."""
     load_size: int = 256

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import pipa  # noqa: F401  (importing it registers the "pipa" local variant)
 from .losses import DINOLoss, LocalInputs, RegionLoss, build_local_loss, teacher_temperature
 from .losses.regional_consistency import (
     cross_attention_correspondence,

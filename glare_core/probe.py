@@ -115,7 +115,7 @@ def train_probe(
     labels: torch.Tensor,
     steps: int = 1000,
     batch_size: int = 8,
-    lr: float = 1e-2,
+    lr: float = 3e-2,
     weight_decay: float = 1e-4,
     optimizer: str = "adamw",
     warmup_steps: int = 50,

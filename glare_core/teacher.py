@@ -380,7 +380,8 @@ def apply_adapter(backbone: Backbone, path: str | Path) -> Backbone:
     """Add the tuning modules of an exported adapter file to a fresh base backbone, load them, freeze it.
 
     Use it to evaluate a continually pre-trained model:
-    ``apply_adapter(load_base(name), "adapter.safetensors")``.
+    ``apply_adapter(load_base(name), "adapter.safetensors")``. Every tuning tensor the modules need must be in
+    the file and every tensor in the file must fit the model, otherwise a ``ValueError`` names the file.
     """
     tensors, meta = read_adapter(path)
     configure_tuning(
@@ -391,6 +392,13 @@ def apply_adapter(backbone: Backbone, path: str | Path) -> Backbone:
         learnable_scale=json.loads(meta.get("learnable_scale", "false")),
         lora_alpha=json.loads(meta.get("lora_alpha", "null")),
     )
+    needed = {n for n, p in backbone.vit.named_parameters() if p.requires_grad}
+    absent = sorted(needed - set(tensors))
+    if absent:
+        raise ValueError(
+            f"{path}: the {meta['tuning']} model of rank {meta['rank']} needs tensors the file lacks, e.g. "
+            f"{absent[:4]}; pass the export made for this base model"
+        )
     _copy_into(backbone.vit, tensors, path)
     backbone.requires_grad_(False)
     return backbone.eval()
@@ -401,7 +409,7 @@ def _copy_into(vit: nn.Module, tensors: Mapping[str, torch.Tensor], path) -> Non
     params = dict(vit.named_parameters())
     missing = [k for k in tensors if k not in params]
     if missing:
-        raise KeyError(
+        raise ValueError(
             f"{path}: tensors {missing[:4]} have no counterpart in the model (wrong base or tuning mode?)"
         )
     for k, v in tensors.items():

@@ -176,7 +176,13 @@ def build_feed(cfg: TrainConfig, info: Any, start_step: int) -> tuple[DataLoader
     if cfg.dataset == "synthetic":
         kwargs = {"num_images": cfg.limit or 32, "size": (cfg.load_size, round(cfg.load_size * 4 / 3))}
     dataset = build_dataset(
-        cfg.dataset, split=cfg.split, root=cfg.root, labels=False, limit=cfg.limit, seed=cfg.seed, **kwargs
+        cfg.dataset,
+        split=cfg.split,
+        root=cfg.root,
+        labels=False,
+        limit=cfg.limit,
+        seed=cfg.seed if cfg.limit_seed is None else cfg.limit_seed,
+        **kwargs,
     )
     feed = ImageFeed(dataset, cfg.load_size, seed=cfg.seed)
     sampler = ResumableBatchSampler(

@@ -14,6 +14,7 @@ from glare_core.data import build_dataset
 from glare_core.evaluation import ProbeConfig, apply_adapter, evaluate_backbone, save_result
 from glare_core.features import extract_features, probe_size, resolve_layers
 from glare_core.probe import build_head, evaluate_head, train_probe
+from glare_core.teacher import ADAPTER_FORMAT
 
 
 @pytest.fixture
@@ -122,7 +123,11 @@ def _export_adapter(path, rank=4, mode="adapter"):
         for p in trained.vit.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.05)
-    save_file(trainable_state_dict(trained.vit), str(path), metadata={"tuning_mode": mode, "rank": str(rank)})
+    save_file(
+        trainable_state_dict(trained.vit),
+        str(path),
+        metadata={"format": ADAPTER_FORMAT, "tuning": mode, "rank": str(rank)},
+    )
     return trained.eval()
 
 

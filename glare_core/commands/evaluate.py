@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="probe training steps (default 1000)")
     parser.add_argument("--batch-size", type=int, default=None, help="probe batch size (default 8)")
-    parser.add_argument("--lr", type=float, default=None, help="probe peak learning rate (default 1e-2)")
+    parser.add_argument("--lr", type=float, default=None, help="probe peak learning rate (default 3e-2)")
     parser.add_argument("--seed", type=int, default=None, help="probe seed (default 0)")
     parser.add_argument(
         "--label-scale",

@@ -1,0 +1,141 @@
+"""Compare PiPa's and SSR's training-only terms with the plain light decoder, on one frozen backbone.
+
+Every variant trains the same light decoder (``glare_core.segmentation``) on the same cached frozen features,
+with the same seed, resolution and steps; only the extra training terms differ, and every variant predicts
+with the decoder alone (no inference overhead):
+
+  decoder     cross-entropy only
+  pipa        + PiPa pixel contrast (0.1) + patch consistency (0.01)
+  pixel       + PiPa pixel contrast only
+  patch       + PiPa patch consistency only
+  ssr         + SSR fusion branch from a frozen encoder (--ssr-encoder: the frozen base by default, the
+              stand-in for SAM; or a SAM ViT-B checkpoint file)
+  all         pipa + ssr
+
+Examples:
+  glare compare --dataset camvid --variants decoder,pipa,ssr --out results/compare_camvid_seed0.json
+  glare compare --dataset camvid --limit 40 --val-limit 20 --steps 100 --size 224x168
+  glare compare --base random:test_vit --dataset synthetic --steps 20 --size 64x64
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+NAME = "compare"
+HELP = "light-decoder segmentation with PiPa / SSR training-only terms vs. the plain decoder"
+
+VARIANTS = {
+    "decoder": (),
+    "pipa": ("pixel_contrast", "patch_consistency"),
+    "pixel": ("pixel_contrast",),
+    "patch": ("patch_consistency",),
+    "ssr": ("ssr",),
+    "all": ("pixel_contrast", "patch_consistency", "ssr"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--base", default="dinov2_vits14_imgfocus", help="base model name or weight file")
+    parser.add_argument(
+        "--adapter", default=None, help="adapter-only export (.safetensors) to add to the base"
+    )
+    parser.add_argument("--dataset", default="camvid", help="dataset name (camvid, idd_lite, synthetic, ...)")
+    parser.add_argument(
+        "--root", default=None, help="dataset folder (default: searched under the data roots)"
+    )
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="val")
+    parser.add_argument("--limit", type=int, default=None, help="use N training images (fixed --seed)")
+    parser.add_argument("--val-limit", type=int, default=None, help="use N validation images (fixed --seed)")
+    parser.add_argument(
+        "--variants",
+        default="decoder,pipa,ssr",
+        help=f"comma list of {', '.join(VARIANTS)} (%(default)s)",
+    )
+    parser.add_argument(
+        "--ssr-encoder",
+        default="base",
+        help="SSR's frozen encoder: 'base' (the frozen --base without adapter, default), 'backbone' (the "
+        "evaluated backbone itself) or a SAM checkpoint file (timm samvit_base_patch16)",
+    )
+    parser.add_argument("--size", default=None, help="input WxH (default 448x336; 112x84 in smoke mode)")
+    parser.add_argument("--steps", type=int, default=None, help="decoder training steps (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=None, help="feature maps per step (default 8)")
+    parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    parser.add_argument("--label-scale", type=float, default=None, help="CE resolution factor (default 1.0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    parser.add_argument("--out", default=None, help="write {variant: result} JSON here")
+
+
+def _config(args: argparse.Namespace):
+    from glare_core.features import parse_size
+    from glare_core.segmentation import SegTrainConfig
+
+    overrides = {}
+    if args.size is not None:
+        overrides["size"] = parse_size(args.size)
+    for name in ("steps", "batch_size", "lr", "seed", "label_scale"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.no_cache:
+        overrides["cache"] = False
+    return SegTrainConfig.default(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from glare_core.data import build_dataset
+    from glare_core.evaluation import apply_adapter, load_backbone, save_result
+    from glare_core.segmentation import train_segmentation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"glare compare: unknown variants {unknown}; choose from {list(VARIANTS)}", file=sys.stderr)
+        return 2
+    try:
+        cfg = _config(args)
+        start = time.perf_counter()
+        backbone = load_backbone(args.base)
+        adapter = apply_adapter(backbone, args.adapter) if args.adapter else None
+        train_ds = build_dataset(
+            args.dataset, args.train_split, root=args.root, limit=args.limit, seed=cfg.seed
+        )
+        val_ds = build_dataset(
+            args.dataset, args.val_split, root=args.root, limit=args.val_limit, seed=cfg.seed
+        )
+        encoder = None
+        if any("ssr" in VARIANTS[v] for v in variants):
+            if args.ssr_encoder == "base":
+                encoder = load_backbone(args.base) if adapter else None  # without adapter: the same features
+            elif args.ssr_encoder != "backbone":
+                from glare_core.ssr import load_sam_encoder
+
+                encoder = load_sam_encoder(args.ssr_encoder)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"glare compare: {err}", file=sys.stderr)
+        return 2
+    print(f"base {args.base}" + (f" + adapter {args.adapter}" if adapter else ""))
+    print(f"{train_ds!r} -> {val_ds!r}")
+    results = {}
+    print(f"{'variant':<10} {'mIoU %':>7} {'pix acc %':>9} {'s/step':>7} {'train s':>8}")
+    for v in variants:
+        r = train_segmentation(backbone, train_ds, val_ds, cfg, extra_terms=VARIANTS[v], ssr_encoder=encoder)
+        r.update(variant=v, base=args.base, adapter=adapter)
+        results[v] = r
+        t = r["timings"]
+        scores = f"{100 * r['miou']:7.1f} {100 * r['pixel_acc']:9.1f}"
+        print(f"{v:<10} {scores} {t['step_s']:7.3f} {t['train_s']:8.1f}")
+    print(f"total {time.perf_counter() - start:.1f} s")
+    if args.out:
+        print(f"wrote {save_result(results, args.out)}")
+    return 0

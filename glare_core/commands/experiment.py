@@ -1,0 +1,96 @@
+"""Run an experiment table, resumably, or list / report the results.
+
+A table is rows x datasets x seeds (glare_core.experiments): each cell pre-trains one row on one dataset's
+unlabelled train images (run folder runs/experiments/<table>/<cell>/, git-ignored) and evaluates it with the
+table's linear probe (and k-NN forgetting for the main table). Each finished cell is one JSON file in
+results/<table>/cells/; a cell whose JSON exists is skipped, an interrupted pre-training resumes from its
+checkpoint. Stop with Ctrl-C at any time and run the same command again to continue.
+
+Tables: main (5 rows x CamVid, IDD-Lite-367 x 3 seeds), ablations (12 rows x CamVid x 1 seed), efficiency
+(glare bench -> results/efficiency/bench.json), neighbours (PiPa / SSR: not yet available).
+
+Examples:
+  glare experiment list                           # every table's cells and which are done
+  glare experiment main --dry-run                 # the plan, with times estimated from measured ones
+  glare experiment main --measure                 # time 4 pre-training steps per distinct row setting
+  nohup glare experiment main > runs/main.log &   # run (or continue) the main table in the background
+  glare experiment main --only base__camvid       # just the matching cells
+  glare experiment report                         # tables (CSV, markdown) and PNG figures from results/
+  glare experiment ablations --smoke              # the whole table in seconds, into a temporary folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+NAME = "experiment"
+HELP = "run an experiment table (resumable) into results/, or list / report the results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", help="main, ablations, efficiency, neighbours; or 'list' / 'report'")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and estimated times only")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="smoke settings (random test_vit, synthetic data) into a temporary results folder",
+    )
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/)")
+    parser.add_argument(
+        "--runs", type=Path, default=None, help="run folders (default: runs/experiments/, git-ignored)"
+    )
+    parser.add_argument(
+        "--only", action="append", default=None, help="run only cells whose name contains this (repeatable)"
+    )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="time a few pre-training steps per distinct row setting into results/timings.json, then stop",
+    )
+    parser.add_argument("--measure-steps", type=int, default=4, help="steps per --measure run (default 4)")
+    parser.add_argument("--no-figures", action="store_true", help="report: CSV and markdown only")
+
+
+def run(args: argparse.Namespace) -> int:
+    from glare_core import experiments as ex
+
+    smoke = args.smoke
+    results = args.results
+    if results is None:
+        results = Path(tempfile.mkdtemp(prefix="glare-experiment-smoke-")) if smoke else ex.RESULTS_DIR
+    # Smoke runs never share run folders with real ones.
+    runs = args.runs or (results / "runs" if smoke else ex.RUNS_DIR)
+    try:
+        if args.table == "list":
+            print("\n".join(ex.status_lines(results)))
+            return 0
+        if args.table == "report":
+            written = ex.report(results, figures=not args.no_figures)
+            for path in written.values():
+                print(f"wrote {path}")
+            if not written:
+                print(f"no results under {results}")
+            return 0
+        table = ex.get_table(args.table)
+        if smoke:
+            table = ex.smoke_table(table)
+        if args.dry_run:
+            print(ex.plan(table, results, smoke))
+            return 0
+        if args.measure:
+            times = ex.measure_step_times(table, results, steps=args.measure_steps, smoke=smoke)
+            for key, sec in times.items():
+                print(f"{key}: {sec:.2f} s/step")
+            return 0
+        records = ex.run_table(table, results, runs, smoke=smoke, only=args.only, figures=not args.no_figures)
+    except ex.NotYetAvailableError as err:
+        print(f"glare experiment: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError) as err:
+        print(f"glare experiment: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(records)} cell(s) run now; results in {results / table.name}")
+    return 0

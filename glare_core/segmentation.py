@@ -1,0 +1,495 @@
+"""Downstream segmentation with a light decoder on frozen features, with PiPa's and SSR's training-only terms.
+
+This is how PiPa and SSR are compared with GLARE on the same benchmark (``glare-method.md`` section 5): the
+backbone (base or adapted) stays frozen, its patch-token maps are cached (:mod:`glare_core.features`), and a
+light decoder trains on them with
+
+.. math::
+
+    L = \\mathrm{CE}(\\mathrm{dec}(x), y)
+        + 0.1\\, L_{pix}                 \\quad \\text{(PiPa pixel contrast, ``"pixel_contrast"``)}
+        + 0.01\\, L_{patch}              \\quad \\text{(PiPa patch consistency, ``"patch_consistency"``)}
+        + \\lambda_{SSR}\\, \\mathrm{CE}(\\mathrm{dec}(\\tilde x), y)
+          \\quad \\text{(SSR fusion branch, ``"ssr"``)}
+
+The decoder is the probe's light decoder (:class:`glare_core.probe.DecoderProbe`: BatchNorm, two
+conv3x3-BN-ReLU blocks, a 1x1 classifier), split into a *stem* (BatchNorm + first block: the trained features
+F that SSR fuses), a *body* (second block: the pixel embeddings PiPa projects) and the classifier. Every extra
+module (the 128-d projections, SSR's fusion block) is used only in training: prediction calls the decoder
+alone, so every variant has the same inference cost and parameters.
+
+Design choices (fields of :class:`SegTrainConfig` and of the terms' own configs):
+
+* PiPa's patch consistency needs two overlapping crops of one image. Working on cached features, the crops are
+  two overlapping windows of the cached feature map (the same two windows for the whole batch, 0.75 of each
+  side), run through the decoder separately (so each window sees different context at its borders); the
+  overlap is known exactly in feature cells. Pseudo-labels and confidences are the decoder's own detached
+  softmax on the other window (no EMA teacher).
+* PiPa's pixel contrast samples anchors at the decoder's resolution (the patch grid), labels subsampled by
+  nearest neighbour.
+* SSR's frozen encoder: ``ssr_encoder=None`` uses the evaluated backbone's own cached features (on the base
+  model this *is* the frozen base, the offline stand-in for SAM); pass the frozen base
+  (:func:`glare_core.weights.load_base`) when evaluating an adapted backbone, or a SAM encoder
+  (:func:`glare_core.ssr.load_sam_encoder`), whose maps are resized (area) to the decoder's grid once.
+* The same seed fixes the decoder's initialisation, the batch order and every random draw of a step (flips,
+  windows, anchors), drawn from a generator seeded by (seed, step): variants see the same batches.
+
+Cost: one step is a few decoder passes on (B, C, h, w) maps (h x w = 24 x 32 for CamVid at 448x336 with a /14
+backbone); extraction of the frozen features is done once and cached. The result is a JSON-able dict like
+:func:`glare_core.evaluation.evaluate_backbone`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .features import backbone_fingerprint, extract_features, probe_size, show_progress
+from .metrics import IGNORE_INDEX, segmentation_scores
+from .paths import smoke_mode
+from .pipa.patch_consistency import (
+    PatchConsistencyConfig,
+    PatchConsistencyLoss,
+    crop,
+    overlap_slices,
+    overlapping_windows,
+)
+from .pipa.pixel_contrast import PixelContrastConfig, PixelContrastLoss
+from .probe import DecoderProbe, cosine_lr, evaluate_head
+from .ssr import SSRConfig, SSRFusion
+
+#: The optional extra terms of :func:`train_segmentation`.
+TERMS = ("pixel_contrast", "patch_consistency", "ssr")
+
+
+@dataclass
+class SegTrainConfig:
+    """The downstream light-decoder protocol. Every field is recorded in results.
+
+    Attributes:
+        size: (W, H) input resolution before rounding to the patch multiple (448x336 for CamVid).
+        layers: backbone blocks whose tokens are the features (``"last"``, ``"last4"``, ...).
+        hidden_dim: width of the decoder (256).
+        steps: optimiser steps (the same for every variant).
+        batch_size: feature maps per step.
+        lr: peak AdamW learning rate (1e-3, Design, not tuned), cosine decay after a linear warm-up.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps (at most 10 % of ``steps``).
+        flip: random horizontal flips of feature maps and labels.
+        seed: seeds the decoder's initialisation, the batch order and each step's random draws.
+        label_scale: resolution of the cross-entropy relative to the input size (1.0 full, 0.5 cheaper).
+        feature_batch_size: images per backbone forward during extraction.
+        eval_batch_size: feature maps per prediction batch.
+        amp: bf16 autocast on CPU / fp16 on CUDA during extraction.
+        cache: keep extracted features in the on-disk cache.
+        pixel_contrast: PiPa's pixel contrast (:class:`~glare_core.pipa.PixelContrastConfig`).
+        patch_consistency: PiPa's patch consistency (:class:`~glare_core.pipa.PatchConsistencyConfig`).
+        ssr: SSR's fusion branch (:class:`~glare_core.ssr.SSRConfig`).
+    """
+
+    size: tuple[int, int] = (448, 336)
+    layers: str = "last"
+    hidden_dim: int = 256
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    flip: bool = True
+    seed: int = 0
+    label_scale: float = 1.0
+    feature_batch_size: int = 8
+    eval_batch_size: int = 8
+    amp: bool = True
+    cache: bool = True
+    pixel_contrast: PixelContrastConfig = field(default_factory=PixelContrastConfig)
+    patch_consistency: PatchConsistencyConfig = field(default_factory=PatchConsistencyConfig)
+    ssr: SSRConfig = field(default_factory=SSRConfig)
+    progress: bool | None = field(default=None, metadata={"record": False})
+
+    @classmethod
+    def smoke(cls, **overrides) -> SegTrainConfig:
+        """Seconds-long: 112x84 input, 40 steps of batch 4, decoder width 64."""
+        values = dict(size=(112, 84), steps=40, batch_size=4, warmup_steps=4, hidden_dim=64)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def default(cls, **overrides) -> SegTrainConfig:
+        """The full protocol, or :meth:`smoke` when ``GLARE_SMOKE=1``."""
+        return cls.smoke(**overrides) if smoke_mode() else cls(**overrides)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("record", True):
+                value = getattr(self, f.name)
+                if dataclasses.is_dataclass(value):
+                    value = dataclasses.asdict(value)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+class SegmentationModel(nn.Module):
+    """The light decoder plus the training-only modules of the chosen extra terms.
+
+    Args:
+        in_dim: feature channels C.
+        num_classes: K.
+        hidden: decoder width.
+        terms: subset of :data:`TERMS`.
+        pixel_dim, patch_dim: widths of PiPa's 1x1-conv projections.
+        frozen_dim: channels of the frozen encoder's maps (SSR).
+        ssr_heads: SSR's attention heads.
+
+    Attributes:
+        decoder: the :class:`~glare_core.probe.DecoderProbe`, the only module :meth:`forward` (inference)
+            uses.
+        proj_pixel, proj_patch: (B, hidden, h, w) -> (B, d, h, w) 1x1 convolutions, or None.
+        ssr: :class:`~glare_core.ssr.SSRFusion` or None.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden: int = 256,
+        terms: Sequence[str] = (),
+        pixel_dim: int = 128,
+        patch_dim: int = 128,
+        frozen_dim: int | None = None,
+        ssr_heads: int = 8,
+    ):
+        super().__init__()
+        self.decoder = DecoderProbe(in_dim, num_classes, hidden)
+        self.proj_pixel = nn.Conv2d(hidden, pixel_dim, 1) if "pixel_contrast" in terms else None
+        self.proj_patch = nn.Conv2d(hidden, patch_dim, 1) if "patch_consistency" in terms else None
+        self.ssr = SSRFusion(hidden, frozen_dim or in_dim, ssr_heads) if "ssr" in terms else None
+
+    # the decoder's three parts (DecoderProbe.net = [BN, conv, BN, ReLU, conv, BN, ReLU, conv1x1])
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, hidden, h, w): the trained features F (SSR's fusion point)."""
+        return self.decoder.net[:4](x)
+
+    def body(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, hidden, h, w) -> (B, hidden, h, w): the pixel embeddings PiPa projects."""
+        return self.decoder.net[4:7](f)
+
+    def classify(self, e: torch.Tensor) -> torch.Tensor:
+        """(B, hidden, h, w) -> (B, K, h, w)."""
+        return self.decoder.net[7](e)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: the decoder alone, (B, C, h, w) -> (B, K, h, w)."""
+        return self.decoder(x)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """The images of a step: epoch e's permutation (seeded by (seed, e)), without a short last batch.
+
+    A pure function of the step, so every variant sees the same batches and a run can be repeated exactly.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+def _subsample_labels(labels: torch.Tensor, scale: float) -> torch.Tensor:
+    if scale == 1.0:
+        return labels
+    h, w = (max(1, round(s * scale)) for s in labels.shape[-2:])
+    rows = torch.linspace(0, labels.shape[-2] - 1, h).round().long()
+    cols = torch.linspace(0, labels.shape[-1] - 1, w).round().long()
+    return labels[:, rows][:, :, cols]
+
+
+def _rows(x: torch.Tensor, where: tuple[slice, slice]) -> torch.Tensor:
+    """(B, d, h, w) at a (rows, cols) slice -> (M, d) rows, row-major per image."""
+    part = x[:, :, where[0], where[1]]
+    return part.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+@torch.no_grad()
+def frozen_maps(
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    size: tuple[int, int],
+    grid: tuple[int, int],
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Feature maps of a non-:class:`~glare_core.backbone.Backbone` frozen encoder (e.g. SAM), in memory.
+
+    Args:
+        encoder: images (B, 3, H, W) in [0, 1] -> (B, C_f, h_f, w_f).
+        dataset: items ``{"image": uint8 (3, H, W)}``.
+        size: (H, W) images are resized to before the encoder (which may resize again).
+        grid: (h, w) the maps are resized to (area interpolation), the decoder's grid.
+
+    Returns:
+        (N, C_f, h, w) float16.
+    """
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack(
+            [dataset[i]["image"] for i in range(start, min(len(dataset), start + batch_size))]
+        )
+        images = F.interpolate(images.float() / 255.0, size=size, mode="bilinear", align_corners=False)
+        maps = encoder(images)
+        out.append(F.interpolate(maps.float(), size=grid, mode="area").half())
+    return torch.cat(out)
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module):
+    """Batch statistics as usual, but the BatchNorm running statistics stay unchanged (momentum 0).
+
+    The training-only passes (SSR's fused branch, PiPa's crops) go through the decoder's BatchNorms; their
+    statistics must not leak into the running estimates the inference path uses.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
+def _curve(values: list[float], points: int = 20) -> list[float]:
+    chunk = max(1, len(values) // points)
+    return [sum(values[i : i + chunk]) / len(values[i : i + chunk]) for i in range(0, len(values), chunk)]
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train_segmentation(
+    backbone: Backbone,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    cfg: SegTrainConfig | None = None,
+    extra_terms: Sequence[str] = (),
+    ssr_encoder: Backbone | Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Train a light decoder on the frozen backbone's features (+ optional PiPa / SSR terms), score on val.
+
+    Args:
+        backbone: the frozen backbone whose features are evaluated.
+        train_ds, val_ds: labelled splits with the same classes (``SegmentationDataset``).
+        cfg: the protocol (default :meth:`SegTrainConfig.default`).
+        extra_terms: any of :data:`TERMS`: ``"pixel_contrast"``, ``"patch_consistency"``, ``"ssr"``.
+        ssr_encoder: SSR's frozen encoder: None (the backbone's own features), a frozen
+            :class:`~glare_core.backbone.Backbone` (its cached last-block features), or a callable images ->
+            maps (e.g. :class:`~glare_core.ssr.SAMEncoder`).
+
+    Returns:
+        JSON-able dict: ``miou``, ``pixel_acc``, ``mean_acc``, ``per_class_iou``, ``per_class_acc``,
+        ``confusion_matrix``, ``classes``, ``extra_terms``, ``config``, ``backbone``, ``datasets``,
+        ``parameters`` (``inference``: the decoder's, ``training_only``: projections and SSR), ``losses``
+        (curves per term), ``timings`` (seconds, ``step_s`` = training seconds per step), ``machine``.
+    """
+    cfg = cfg or SegTrainConfig.default()
+    terms = tuple(extra_terms)
+    unknown = [t for t in terms if t not in TERMS]
+    if unknown:
+        raise ValueError(f"extra_terms {unknown} unknown; choose from {TERMS}")
+    num_classes = int(getattr(train_ds, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        raise ValueError("train_ds must say its num_classes (a glare_core.data.SegmentationDataset does)")
+    if int(getattr(val_ds, "num_classes", num_classes)) != num_classes:
+        raise ValueError(f"train split has {num_classes} classes, validation split {val_ds.num_classes}")
+    classes = list(getattr(train_ds, "classes", [str(c) for c in range(num_classes)]))
+    ignore_index = int(getattr(train_ds, "ignore_index", IGNORE_INDEX))
+    size = probe_size(cfg.size, backbone.patch_size)
+    progress = show_progress(cfg.progress)
+    common = dict(
+        size=size,
+        layers=cfg.layers,
+        batch_size=cfg.feature_batch_size,
+        cache=cfg.cache,
+        amp=cfg.amp,
+        progress=progress,
+    )
+
+    # 1. frozen features (cached), and SSR's frozen maps
+    start = time.perf_counter()
+    was_training = backbone.training
+    train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
+    val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
+    backbone.train(was_training)
+    grid = tuple(train.features.shape[-2:])
+    frozen, t_frozen = None, 0.0
+    if "ssr" in terms:
+        t0 = time.perf_counter()
+        if ssr_encoder is None:
+            frozen = train.features
+        elif isinstance(ssr_encoder, Backbone):
+            fsize = probe_size(cfg.size, ssr_encoder.patch_size)
+            frozen = extract_features(
+                ssr_encoder, train_ds, **{**common, "size": fsize, "layers": "last"}, labels=None
+            ).features
+        else:
+            frozen = frozen_maps(ssr_encoder, train_ds, size, grid, cfg.feature_batch_size)
+        t_frozen = time.perf_counter() - t0
+
+    # 2. the model: decoder + training-only modules, all seeded
+    torch.manual_seed(cfg.seed)
+    model = SegmentationModel(
+        train.features.shape[1],
+        num_classes,
+        cfg.hidden_dim,
+        terms,
+        pixel_dim=cfg.pixel_contrast.proj_dim,
+        patch_dim=cfg.patch_consistency.proj_dim,
+        frozen_dim=frozen.shape[1] if frozen is not None else None,
+        ssr_heads=cfg.ssr.num_heads,
+    )
+    pixel_loss = PixelContrastLoss(cfg.pixel_contrast, ignore_index)
+    patch_loss = PatchConsistencyLoss(cfg.patch_consistency)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = min(cfg.warmup_steps, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, warmup))
+    labels = _subsample_labels(train.labels, cfg.label_scale)
+    out_size = tuple(labels.shape[-2:])
+    n, batch = train.features.shape[0], min(cfg.batch_size, train.features.shape[0])
+
+    # 3. the training loop
+    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return F.cross_entropy(up, y, ignore_index=ignore_index)
+
+    history: dict[str, list[float]] = {k: [] for k in ("loss", "ce", *terms)}
+    model.train()
+    t_train = time.perf_counter()
+    for step in tqdm(range(cfg.steps), disable=not progress, desc="decoder"):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = _batch_indices(n, batch, step, cfg.seed)
+        x = train.features[idx].float()
+        y = labels[idx].long()
+        fz = frozen[idx].float() if frozen is not None else None
+        if cfg.flip:
+            f = torch.rand(len(idx), generator=g) < 0.5
+            x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
+            if fz is not None:
+                fz[f] = fz[f].flip(-1)
+
+        feats = model.stem(x)
+        emb = model.body(feats)
+        logits = model.classify(emb)
+        loss_ce = ce(logits, y)
+        loss, logs = loss_ce, {"ce": float(loss_ce.detach())}
+        if model.proj_pixel is not None:
+            l_pix = pixel_loss(model.proj_pixel(emb), logits, y, g)
+            loss = loss + cfg.pixel_contrast.weight * l_pix
+            logs["pixel_contrast"] = float(l_pix.detach())
+        if model.ssr is not None:
+            with frozen_bn_stats(model):
+                l_ssr = ce(model.classify(model.body(model.ssr(feats, fz))), y)
+            loss = loss + cfg.ssr.weight * l_ssr
+            logs["ssr"] = float(l_ssr.detach())
+        if model.proj_patch is not None:
+            with frozen_bn_stats(model):
+                l_patch = _patch_term(model, x, patch_loss, cfg.patch_consistency, g)
+            loss = loss + cfg.patch_consistency.weight * l_patch
+            logs["patch_consistency"] = float(l_patch.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        logs["loss"] = float(loss.detach())
+        for k, v in logs.items():
+            history[k].append(v)
+    train_s = time.perf_counter() - t_train
+
+    # 4. evaluation: the decoder alone, at full label resolution
+    t_eval = time.perf_counter()
+    model.eval()
+    cm = evaluate_head(
+        model.decoder, val.features, val.labels, num_classes, cfg.eval_batch_size, ignore_index
+    )
+    eval_s = time.perf_counter() - t_eval
+
+    n_inference = sum(p.numel() for p in model.decoder.parameters())
+    return {
+        **segmentation_scores(cm.matrix, classes),
+        "confusion_matrix": cm.matrix.tolist(),
+        "classes": classes,
+        "extra_terms": list(terms),
+        "config": cfg.to_dict(),
+        "backbone": {
+            "fingerprint": backbone_fingerprint(backbone),
+            "patch_size": backbone.patch_size,
+            "embed_dim": backbone.embed_dim,
+            "layers": train.layers,
+            "input_size_hw": list(size),
+            "feature_grid_hw": list(grid),
+            "ssr_encoder": None
+            if "ssr" not in terms
+            else "backbone"
+            if ssr_encoder is None
+            else type(ssr_encoder).__name__,
+        },
+        "datasets": {
+            "train": {"name": getattr(train_ds, "name", "?"), "num_images": len(train_ds)},
+            "val": {"name": getattr(val_ds, "name", "?"), "num_images": len(val_ds)},
+        },
+        "parameters": {
+            "inference": n_inference,
+            "training_only": sum(p.numel() for p in model.parameters()) - n_inference,
+        },
+        "losses": {k: {"first": v[0], "last": v[-1], "curve": _curve(v)} for k, v in history.items() if v},
+        "timings": {
+            "train_features_s": train.seconds,
+            "val_features_s": val.seconds,
+            "ssr_features_s": t_frozen,
+            "train_s": train_s,
+            "step_s": train_s / cfg.steps,
+            "eval_s": eval_s,
+            "total_s": time.perf_counter() - start,
+        },
+        "machine": {
+            "device": "cpu",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+    }
+
+
+def _patch_term(
+    model: SegmentationModel,
+    x: torch.Tensor,
+    loss: PatchConsistencyLoss,
+    cfg: PatchConsistencyConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """PiPa's patch consistency on two overlapping windows of the feature maps x (B, C, h, w)."""
+    win1, win2 = overlapping_windows(x.shape[-2], x.shape[-1], cfg.crop_fraction, generator)
+    at1, at2 = overlap_slices(win1, win2)
+    out = []
+    for w in (win1, win2):
+        e = model.body(model.stem(crop(x, w)))
+        probs = model.classify(e).detach().softmax(1)
+        out.append((model.proj_patch(e), probs))
+    (z1, p1), (z2, p2) = out
+    conf2, lab2 = _rows(p2, at2).max(-1)
+    value = loss(_rows(z1, at1), _rows(z2, at2), lab2, conf2, generator)
+    if cfg.symmetric:
+        conf1, lab1 = _rows(p1, at1).max(-1)
+        value = 0.5 * (value + loss(_rows(z2, at2), _rows(z1, at1), lab1, conf1, generator))
+    return value

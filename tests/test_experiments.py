@@ -1,0 +1,289 @@
+"""The experiments runner: tables as data, resumable cells, aggregation and the report (smoke scale).
+
+A tiny table (2 rows x 1 synthetic dataset x 2 seeds, ``random:test_vit``) runs end to end into
+``tmp_path``; re-running it must not pre-train or evaluate anything; an interrupted pre-training resumes from
+its checkpoint; ``report`` rebuilds CSV / markdown from cell JSONs alone, with mean and std checked against
+numbers written here; bad result files and foreign run folders give errors naming them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from glare_core import experiments as ex
+from glare_core import plots
+from glare_core.cli import main as cli_main
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLARE_CACHE_DIR", str(tmp_path / "cache"))  # feature cache out of the user's cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("GLARE_SMOKE", raising=False)
+
+
+def tiny_table(rows=None, seeds=(0, 1)) -> ex.Table:
+    rows = rows or (
+        ex.Row("base", "base", pretrain=False),
+        ex.Row("glare", "GLARE", ("steps=2", "checkpoint_every=2")),
+    )
+    return ex.Table(
+        "tiny",
+        "tiny smoke table",
+        rows=rows,
+        datasets=(ex.DatasetSpec("syn", "synthetic", "synthetic", probe_size=(64, 48), num_images=(6, 3)),),
+        seeds=seeds,
+        preset="smoke",
+        probe={"smoke": True, "steps": 8, "warmup_steps": 1},
+    )
+
+
+def run(table, tmp_path: Path, **kw):
+    return ex.run_table(table, tmp_path / "results", tmp_path / "runs", smoke=True, **kw)
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def test_tiny_table_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
+    table = tiny_table()
+    records = run(table, tmp_path, figures=False)  # figures: test_report_rebuilds_tables_from_json_alone
+    assert len(records) == 4
+    results = tmp_path / "results" / "tiny"
+    files = sorted(p.name for p in (results / "cells").glob("*.json"))
+    assert files == [f"{r}__syn__seed{s}.json" for r in ("base", "glare") for s in (0, 1)]
+    cell = ex.read_cell(results / "cells" / "glare__syn__seed1.json")
+    assert cell["seed"] == 1 and cell["config"]["train"]["seed"] == 1 and cell["config"]["probe"]["seed"] == 1
+    assert cell["config"]["train"]["steps"] == 2 and cell["pretrain"]["mode"] == "new"
+    assert cell["git_commit"] and cell["machine"]["cpu"] and cell["machine"]["torch"]
+    assert cell["wall_time_s"] > 0 and 0 <= cell["metrics"]["miou"] <= 1
+    assert cell["metrics"]["trainable_params"] > 0 and cell["metrics"]["pretrain_minutes"] > 0
+    base = ex.read_cell(results / "cells" / "base__syn__seed0.json")
+    assert base["metrics"]["trainable_params"] == 0 and base["config"]["train"] is None
+    with open(results / "cells.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert (results / "summary.md").read_text().count("\n| ") == 4  # header, rule, 2 rows
+    timings = json.loads((tmp_path / "results" / ex.TIMINGS_FILE).read_text())
+    assert timings["pretrain"] and timings["probe"] and timings["features"]
+
+    # Second run: every cell has its JSON, so nothing may pre-train or evaluate.
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(ex, "run_cell", boom)
+    monkeypatch.setattr("glare_core.train.pretrain", boom)
+    monkeypatch.setattr("glare_core.evaluation.evaluate_backbone", boom)
+    assert run(table, tmp_path) == []
+
+    # The dry run sees them done; the list command works on a results folder.
+    assert "[done] glare__syn__seed1" in ex.plan(table, tmp_path / "results", smoke=True)
+
+
+def test_interrupted_pretraining_resumes(tmp_path, monkeypatch):
+    import glare_core.train as train
+
+    table = tiny_table(rows=(ex.Row("glare", "GLARE", ("steps=4", "checkpoint_every=2")),), seeds=(0,))
+    real_append = train.append_jsonl
+
+    def stop_at_step_3(path, record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt  # after the step-2 checkpoint
+        real_append(path, record)
+
+    monkeypatch.setattr(train, "append_jsonl", stop_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(table, tmp_path)
+    cell = table.cells()[0]
+    assert not cell.result_path(tmp_path / "results").exists()
+    assert (cell.run_dir(tmp_path / "runs") / "checkpoint.pt").exists()
+
+    monkeypatch.setattr(train, "append_jsonl", real_append)
+    calls = []
+    real_pretrain = train.pretrain
+
+    def spy(cfg, out_dir, resume=False):
+        calls.append(resume)
+        return real_pretrain(cfg, out_dir, resume=resume)
+
+    monkeypatch.setattr(train, "pretrain", spy)
+    (record,) = run(table, tmp_path)
+    assert calls == [True] and record["pretrain"]["mode"] == "resumed"
+    assert record["pretrain"]["steps_timed"] == 4  # metrics.jsonl holds every step once
+    assert record["pretrain"]["summary"]["start_step"] == 2
+
+
+def test_full_finetuning_and_lora_rows_export_and_evaluate(tmp_path):
+    rows = (
+        ex.Row("full", "full", ("tuning=full", "steps=2")),
+        ex.Row("lora", "LoRA", ("tuning=lora", "rank=2", "steps=2")),
+    )
+    records = run(tiny_table(rows=rows, seeds=(0,)), tmp_path, figures=False)
+    full, lora = (r["metrics"]["trainable_params"] for r in records)
+    assert full > lora > 0
+
+
+# ------------------------------------------------------------------------------------------- report
+def write_cell(folder: Path, row: str, seed: int, miou: float, per_class: dict, knn: float | None = None):
+    record = {
+        "schema": 1,
+        "table": "hand",
+        "row": row,
+        "row_label": row.upper(),
+        "dataset": "camvid",
+        "dataset_label": "CamVid",
+        "seed": seed,
+        "metrics": {
+            "miou": miou,
+            "pixel_acc": 0.9,
+            "per_class_iou": per_class,
+            "knn_top1": knn,
+            "trainable_params": 1000,
+            "pretrain_minutes": 2.0,
+        },
+        "config": {},
+        "git_commit": "abc",
+        "machine": {"cpu": "test cpu"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{row}__camvid__seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_report_rebuilds_tables_from_json_alone(tmp_path):
+    cells = tmp_path / "hand" / "cells"
+    for seed, miou in enumerate((0.5, 0.6, 0.7)):
+        write_cell(cells, "glare", seed, miou, {"road": miou + 0.1, "sky": None}, knn=0.2 + 0.1 * seed)
+    write_cell(cells, "base", 0, 0.4, {"road": 0.3, "sky": 0.8})
+    written = ex.report(tmp_path, figures=True)
+    assert {"hand/summary.csv", "hand/summary.md", "hand/cells.csv", "hand/per_class_iou.csv"} <= set(written)
+    with open(tmp_path / "hand" / "summary.csv") as f:
+        summary = {r["row"]: r for r in csv.DictReader(f)}
+    assert float(summary["glare"]["miou_mean"]) == pytest.approx(0.6)
+    assert float(summary["glare"]["miou_std"]) == pytest.approx(0.1)  # sample std (n - 1) of 0.5, 0.6, 0.7
+    assert float(summary["glare"]["knn_top1_std"]) == pytest.approx(0.1)
+    assert summary["base"]["miou_std"] == "" and summary["glare"]["n"] == "3"
+    md = (tmp_path / "hand" / "summary.md").read_text()
+    assert "| GLARE | 60.0 ± 10.0 |" in md and "| BASE | 40.0 |" in md
+    with open(tmp_path / "hand" / "per_class_iou.csv") as f:
+        per_class = {(r["row"], r["class"]): r["iou_mean"] for r in csv.DictReader(f)}
+    assert float(per_class[("glare", "road")]) == pytest.approx(0.7) and per_class[("glare", "sky")] == ""
+    assert (tmp_path / "hand" / "hand_miou.png").stat().st_size > 0
+    assert (tmp_path / "hand" / "per_class_iou_camvid.png").exists()
+
+
+def test_mean_std_and_markdown_helpers():
+    mean, std, n = ex.mean_std([1.0, None, 2.0, 4.0])
+    assert (mean, n) == (pytest.approx(7 / 3), 3)
+    assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert ex.mean_std([0.3]) == (0.3, None, 1) and ex.mean_std([None]) == (None, None, 0)
+    assert plots.fmt_mean_std(0.5512, 0.0123, 100) == "55.1 ± 1.2" and plots.fmt_mean_std(None, None) == "-"
+    table = plots.markdown_table(["a", "b"], [["x|y", None]])
+    assert table.splitlines() == ["| a | b |", "| :--- | ---: |", "| x\\|y | - |"]
+    with pytest.raises(ValueError):
+        plots.markdown_table(["a", "b"], [["only one"]])
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"schema": 1, "table": "hand"}), "missing field"),
+    ],
+)
+def test_bad_result_file_is_named(tmp_path, content, match):
+    write_cell(tmp_path / "hand" / "cells", "glare", 0, 0.5, {})
+    bad = tmp_path / "hand" / "cells" / "broken__camvid__seed0.json"
+    bad.write_text(content)
+    with pytest.raises(ex.ResultFileError, match=match) as err:
+        ex.report(tmp_path, figures=False)
+    assert str(bad) in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_misnamed_result_file(tmp_path):
+    write_cell(tmp_path / "hand" / "cells", "glare", 0, 0.5, {})
+    path = tmp_path / "hand" / "cells" / "glare__camvid__seed0.json"
+    path.rename(path.with_name("glare__camvid__seed7.json"))
+    with pytest.raises(ex.ResultFileError, match="seed7"):
+        ex.load_cells(tmp_path, "hand")
+
+
+# ------------------------------------------------------------------------------------------- definitions
+def test_table_definitions():
+    main = ex.get_table("main")
+    assert len(main.cells()) == 5 * 2 * 3 and main.knn
+    assert [c.knn for c in main.cells()] == [c.seed == 0 for c in main.cells()]
+    assert [r.name for r in main.rows] == ["base", "dino_adapter", "dino_lora", "dino_full", "glare"]
+    keys = [c.key for c in main.cells()]
+    assert len(set(keys)) == len(keys)
+    for cell in main.cells():
+        if cell.row.pretrain:
+            cfg = ex.train_config(cell)
+            assert cfg.steps == 100 and cfg.objective.views.global_size == 112 and cfg.seed == cell.seed
+            assert cfg.limit_seed == 0
+            if cell.dataset.name == "idd_lite367":
+                assert cfg.dataset == "idd_lite" and cfg.limit == 367
+            dino_only = cell.row.name.startswith("dino")
+            assert cfg.objective.use_local is not dino_only and cfg.objective.use_regional is not dino_only
+        assert ex.probe_config(cell).seed == cell.seed and ex.probe_config(cell).label_scale == 0.5
+    tuning = {c.row.name: ex.train_config(c).tuning for c in main.cells()[:5] if c.row.pretrain}
+    assert tuning == {"dino_adapter": "adapter", "dino_lora": "lora", "dino_full": "full", "glare": "adapter"}
+
+    abl = ex.get_table("ablations")
+    assert len(abl.cells()) == 12 and abl.datasets == (ex.CAMVID,)
+    for cell in abl.cells():
+        if cell.row.data_fraction == 1.0:
+            ex.train_config(cell)  # every override is a valid config key and value
+
+    with pytest.raises(ex.NotYetAvailableError, match="not yet available"):
+        ex.run_table(ex.get_table("neighbours"), "unused", "unused")
+    with pytest.raises(ValueError, match="unknown table"):
+        ex.get_table("nope")
+
+
+def test_smoke_table_maps_every_cell():
+    smoke = ex.smoke_table(ex.get_table("ablations"))
+    assert [c.key for c in smoke.cells()] == [c.key for c in ex.get_table("ablations").cells()]
+    cell = next(c for c in smoke.cells() if c.row.name == "data25")
+    cfg = ex.train_config(cell, smoke=True)
+    assert cfg.base == "random:test_vit" and cfg.dataset == "synthetic" and cfg.limit == 4
+
+
+def test_cli_list_dry_run_and_report(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert cli_main(["experiment", "list", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "main:" in out and "[ ] glare__idd_lite367__seed2" in out and "neighbours" in out
+    assert cli_main(["experiment", "main", "--dry-run", "--results", str(results)]) == 0
+    assert "UNMEASURED" in capsys.readouterr().out  # no timings recorded in this folder
+    assert cli_main(["experiment", "neighbours", "--results", str(results)]) == 3
+    write_cell(tmp_path / "results" / "hand" / "cells", "glare", 0, 0.5, {"road": 0.5})
+    assert cli_main(["experiment", "report", "--results", str(results), "--no-figures"]) == 0
+    assert (results / "hand" / "summary.md").exists()
+
+
+def test_estimate_uses_recorded_timings(tmp_path):
+    table = tiny_table(seeds=(0,))
+    cell = next(c for c in table.cells() if c.row.pretrain)
+    key = ex.cost_key(ex.train_config(cell, smoke=True))
+    ex.record_timing(tmp_path, "pretrain", key, 2.0, "test")
+    probe = ex.probe_config(cell).to_dict()
+    ex.record_timing(tmp_path, "probe", ex.probe_timing_key("syn", probe), 30.0, "test")
+    assert "probe features" in ex.estimate_cell(cell, ex.read_timings(tmp_path), smoke=True)["unmeasured"]
+    ex.record_timing(tmp_path, "features", ex.features_timing_key("syn", probe), 5.0, "test")
+    est = ex.estimate_cell(cell, ex.read_timings(tmp_path), smoke=True)
+    assert est["total"] == pytest.approx(2 * 2.0 + 30.0 + 5.0) and not est["unmeasured"]
+
+
+def test_foreign_run_folder_is_refused(tmp_path):
+    table = tiny_table(rows=(ex.Row("glare", "GLARE", ("steps=2",)),), seeds=(0,))
+    cell = table.cells()[0]
+    run_dir = cell.run_dir(tmp_path / "runs")
+    run_dir.mkdir(parents=True)
+    cfg = ex.train_config(cell, smoke=True)
+    cfg.steps = 99  # a run folder made by another definition of this cell
+    cfg.save(run_dir / "config.json")
+    with pytest.raises(ex.ResultFileError, match="steps") as err:
+        ex.pretrain_cell(cell, tmp_path / "runs", smoke=True)
+    assert str(run_dir) in str(err.value)
