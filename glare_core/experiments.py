@@ -200,9 +200,22 @@ CPU_SCALE = (
     "log_every=10",
     "num_threads=1",
 )
-#: The probe protocol of every CPU table: ProbeConfig defaults (1000 steps, batch 8, lr 1e-2 chosen on
-#: CamVid val at label_scale 0.5) with the training loss at half label resolution (about 4x cheaper).
-CPU_PROBE = {"label_scale": 0.5}
+#: The probe protocol of every CPU table, pinned here so that a later change of ``ProbeConfig``'s defaults
+#: cannot change it under finished cells: last block, BatchNorm + 1x1 conv, AdamW, 1000 steps, batch 8,
+#: lr 3e-2 (chosen on CamVid val by ``glare_core.evaluation``'s author: 49.2 / 52.9 / 55.3 / 56.0 / 54.0 mIoU
+#: at 1e-3 / 3e-3 / 1e-2 / 3e-2 / 1e-1), training loss at half label resolution (about 4x cheaper).
+CPU_PROBE = {
+    "layers": "last",
+    "head": "linear",
+    "steps": 1000,
+    "batch_size": 8,
+    "lr": 3e-2,
+    "weight_decay": 1e-4,
+    "optimizer": "adamw",
+    "warmup_steps": 50,
+    "flip": True,
+    "label_scale": 0.5,
+}
 #: k-NN forgetting: Tiny-ImageNet images are 64 px, so 112 px inputs (8 x 8 tokens) lose no source detail
 #: and cost a quarter of 224 px; 20 bank images per class, all 202 classes, 2,020 queries.
 CPU_KNN = {"size": 112, "per_class": 20}
@@ -222,7 +235,9 @@ def _main() -> Table:
         Row("base", "base (no continual pre-training)", pretrain=False),
         Row("dino_adapter", "DINO-only, adapter", DINO_ONLY),
         Row("dino_lora", "DINO-only, LoRA", (*DINO_ONLY, "tuning=lora", "rank=8")),
-        Row("dino_full", "DINO-only, full fine-tuning", (*DINO_ONLY, "tuning=full", "lr=2e-5")),
+        # Full fine-tuning: DINO's own learning-rate rule, 5e-4 * 16 / 256 = 3.1e-5 (lr=none), not the
+        # adapters' 2e-4; the new heads then train at that rate too.
+        Row("dino_full", "DINO-only, full fine-tuning", (*DINO_ONLY, "tuning=full", "lr=none")),
         Row("glare", "GLARE (G+L+R), adapter"),
     )
     return Table(
@@ -250,7 +265,7 @@ def _ablations() -> Table:
         Row("G", "G", g, group="terms"),
         Row("G_L", "G+L", gl, group="terms"),
         Row("G_R", "G+R", gr, group="terms"),
-        Row("G_L_R", "G+L+R (GLARE: blur, attention, cross-attention, r=64, 100 %)", group="terms"),
+        Row("G_L_R", "G+L+R (GLARE, the reference)", group="terms"),
         Row(
             "patch_mask",
             "patch mask (mean colour)",
@@ -337,6 +352,14 @@ def smoke_table(table: Table) -> Table:
 
 
 # ============================================================================================ configs
+def with_threads(table: Table, threads: int) -> Table:
+    """The same table run with ``threads`` CPU threads (pre-training, probe and k-NN); e.g. 2 on an idle
+    2-core machine. Results do not depend on it beyond floating-point noise; step times do."""
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be >= 1")
+    return dataclasses.replace(table, threads=threads, overrides=(*table.overrides, f"num_threads={threads}"))
+
+
 def train_config(cell: Cell, smoke: bool = False):
     """The :class:`glare_core.config.TrainConfig` of a pre-training cell.
 
@@ -485,8 +508,13 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
     return cfg, info
 
 
+#: Config keys that change speed or logging only; a run folder may be resumed with other values.
+RUNTIME_KEYS = ("num_threads", "num_workers", "log_every")
+
+
 def check_run_config(run_dir: Path, cfg) -> None:
-    """Refuse to resume or reuse a run folder whose ``config.json`` is not this cell's config.
+    """Refuse to resume or reuse a run folder whose ``config.json`` is not this cell's config (up to
+    :data:`RUNTIME_KEYS`).
 
     Raises:
         ResultFileError: naming the folder and the first differing keys, with the fix.
@@ -499,7 +527,7 @@ def check_run_config(run_dir: Path, cfg) -> None:
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not valid JSON ({e}). Fix: delete {run_dir} to start afresh.") from e
     want = cfg.to_dict()
-    diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+    diff = sorted(k for k in set(saved) | set(want) if k not in RUNTIME_KEYS and saved.get(k) != want.get(k))
     if diff:
         raise ResultFileError(
             f"{run_dir}: its config.json differs from this cell's config in {diff[:6]} (another table "
@@ -517,18 +545,16 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
 
     started, t0 = _now(), time.perf_counter()
     train_cfg, pre = None, None
-    base_name = "random:test_vit" if smoke else "dinov2_vits14_imgfocus"
     if cell.row.pretrain:
         train_cfg, pre = pretrain_cell(cell, runs_dir, smoke)
         base_name = train_cfg.base
         backbone = apply_adapter(
             load_base(base_name, verbose=False), Path(pre["run_dir"]) / "adapter.safetensors"
         )
-    else:
-        if not smoke:
-            from .config import preset
+    else:  # the base model of the table's preset, as loaded
+        from .config import preset
 
-            base_name = preset(cell.table.preset).base
+        base_name = preset(cell.table.preset).base
         backbone = load_base(base_name, verbose=False)
 
     probe = probe_config(cell)
@@ -635,6 +661,32 @@ def load_cells(results_dir: str | Path, table: str) -> list[dict[str, Any]]:
 def cell_done(cell: Cell, results_dir: Path) -> bool:
     """True when the cell's JSON exists (its content is checked when the table is reported)."""
     return cell.result_path(results_dir).exists()
+
+
+#: Recorded config keys that do not change a cell's numbers (compared by :func:`stale_reason`).
+_PROBE_RUNTIME = ("cache", "num_workers", "feature_batch_size", "eval_batch_size")
+
+
+def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | None:
+    """Why a finished cell no longer matches the table's current definition (None: it matches).
+
+    Compares the recorded probe protocol and training config with :func:`probe_config` and
+    :func:`train_config`. A stale cell is still skipped by the runner (its JSON exists); delete the file to
+    recompute it with the current definition.
+    """
+    record = read_cell(cell.result_path(results_dir))
+    want = probe_config(cell).to_dict()
+    got = record["config"].get("probe") or {}
+    diff = sorted(k for k in want if k not in _PROBE_RUNTIME and got.get(k) != want[k])
+    if diff:
+        return "probe " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)
+    if cell.row.pretrain:
+        want_t = train_config(cell, smoke).to_dict()
+        got_t = record["config"].get("train") or {}
+        diff = sorted(k for k in want_t if k not in RUNTIME_KEYS and got_t.get(k) != want_t[k])
+        if diff:
+            return "train config " + ", ".join(diff)
+    return None
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -1012,7 +1064,8 @@ def plan(table: Table, results_dir: Path, smoke: bool = False) -> str:
     total, unmeasured, todo = 0.0, 0, 0
     for cell in table.cells():
         if cell_done(cell, results_dir):
-            lines.append(f"  [done] {cell.key}")
+            reason = stale_reason(cell, results_dir, smoke)
+            lines.append(f"  [done] {cell.key}" + (f"  (STALE: {reason})" if reason else ""))
             continue
         todo += 1
         est = estimate_cell(cell, timings, smoke)
@@ -1054,18 +1107,22 @@ def run_table(
     """
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
     if table.kind == "placeholder":
-        raise NotYetAvailableError(
-            f"table {table.name!r} is not yet available: {table.note}. It becomes runnable once "
-            "glare_core.segmentation exists"
-            + (" (it does now: its definition still has to be written)." if _has_segmentation() else ".")
+        why = (
+            "glare_core.segmentation exists now, but the rows of this table are not defined in "
+            "glare_core.experiments yet (a later issue)"
+            if _has_segmentation()
+            else "it needs glare_core.segmentation (a later issue)"
         )
+        raise NotYetAvailableError(f"table {table.name!r} ({table.title}) is not yet available: {why}.")
     if table.kind == "bench":
         return [run_bench(table, results_dir, smoke)]
     done_now = []
     cells = [c for c in table.cells() if not only or any(o in c.key for o in only)]
     for i, cell in enumerate(cells):
         if cell_done(cell, results_dir):
-            print(f"[experiment] {i + 1}/{len(cells)} {cell.key}: done, skipped", flush=True)
+            reason = stale_reason(cell, results_dir, smoke)
+            note = f" (STALE: {reason}; delete the file to recompute)" if reason else ""
+            print(f"[experiment] {i + 1}/{len(cells)} {cell.key}: done, skipped{note}", flush=True)
             continue
         print(f"[experiment] {i + 1}/{len(cells)} {cell.key}: running", flush=True)
         record = run_cell(cell, results_dir, runs_dir, smoke)
@@ -1124,7 +1181,9 @@ def status_lines(results_dir: str | Path = RESULTS_DIR) -> list[str]:
             if t.note:
                 lines.append(f"  ({t.note})")
             for c in cells:
-                lines.append(f"  [{'x' if c in done else ' '}] {c.key}")
+                reason = stale_reason(c, results_dir) if c in done else None
+                mark = "x" if c in done else " "
+                lines.append(f"  [{mark}] {c.key}" + (f"  (STALE: {reason})" if reason else ""))
         elif t.kind == "bench":
             done = (results_dir / name / "bench.json").exists()
             lines.append(f"{name}: {t.title} -- [{'x' if done else ' '}] bench.json")

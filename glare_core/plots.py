@@ -161,7 +161,7 @@ def ablation_bars(
     summary = [e for e in summary if e["dataset"] == dataset]
     groups = _ordered(e["row_group"] for e in summary)
     summary = sorted(summary, key=lambda e: groups.index(e["row_group"]))
-    fig, ax = _axis(ax, (7, 0.4 * len(summary) + 1.5))
+    fig, ax = _axis(ax, (9, 0.4 * len(summary) + 1.5))
     import matplotlib as mpl
 
     colours = mpl.colormaps["tab10"]
@@ -182,7 +182,7 @@ def ablation_bars(
     lo = min(vals) - 3 * max(1.0, max(errs, default=0))
     ax.set_xlim(left=max(0, lo))
     ax.set_xlabel("mIoU (%)")
-    ax.set_title(f"{table} on {summary[0]['dataset_label']}: linear-probe mIoU on val")
+    ax.set_title(f"{table} on {summary[0]['dataset_label']}: linear-probe mIoU on val", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -33,6 +33,11 @@ Design choices (fields of :class:`SegTrainConfig` and of the terms' own configs)
   (:func:`glare_core.ssr.load_sam_encoder`), whose maps are resized (area) to the decoder's grid once.
 * The same seed fixes the decoder's initialisation, the batch order and every random draw of a step (flips,
   windows, anchors), drawn from a generator seeded by (seed, step): variants see the same batches.
+* The training-only passes (SSR's fused branch, PiPa's windows) use batch statistics but leave the decoder's
+  BatchNorm running statistics alone (:func:`frozen_bn_stats`), so they cannot leak into the inference path.
+* Decoder forward passes run under bf16 autocast (``train_amp``); every loss is computed in float32.
+* A run is not checkpointed: with the features cached it only repeats the decoder training (see the timings
+  in the result, ``step_s``), and it is deterministic given the seed.
 
 Cost: one step is a few decoder passes on (B, C, h, w) maps (h x w = 24 x 32 for CamVid at 448x336 with a /14
 backbone); extraction of the frozen features is done once and cached. The result is a JSON-able dict like
@@ -93,6 +98,9 @@ class SegTrainConfig:
         feature_batch_size: images per backbone forward during extraction.
         eval_batch_size: feature maps per prediction batch.
         amp: bf16 autocast on CPU / fp16 on CUDA during extraction.
+        train_amp: bf16 autocast for the decoder's (and the extra modules') forward passes during training;
+            the losses are computed in float32 (training runs on the CPU, on cached features; bf16 was about
+            1.6x faster per step here, measured on the 2-core machine with ViT-S/14 features at 24 x 32).
         cache: keep extracted features in the on-disk cache.
         pixel_contrast: PiPa's pixel contrast (:class:`~glare_core.pipa.PixelContrastConfig`).
         patch_consistency: PiPa's patch consistency (:class:`~glare_core.pipa.PatchConsistencyConfig`).
@@ -113,6 +121,7 @@ class SegTrainConfig:
     feature_batch_size: int = 8
     eval_batch_size: int = 8
     amp: bool = True
+    train_amp: bool = True
     cache: bool = True
     pixel_contrast: PixelContrastConfig = field(default_factory=PixelContrastConfig)
     patch_consistency: PatchConsistencyConfig = field(default_factory=PatchConsistencyConfig)
@@ -369,10 +378,13 @@ def train_segmentation(
 
     # 3. the training loop
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        return F.cross_entropy(up, y, ignore_index=ignore_index)
+        with torch.autocast("cpu", enabled=False):
+            up = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+            return F.cross_entropy(up, y, ignore_index=ignore_index)
 
     history: dict[str, list[float]] = {k: [] for k in ("loss", "ce", *terms)}
+    if "patch_consistency" in terms:
+        history["patch_confident_fraction"] = []  # share of overlap positions above the threshold
     model.train()
     t_train = time.perf_counter()
     for step in tqdm(range(cfg.steps), disable=not progress, desc="decoder"):
@@ -387,25 +399,27 @@ def train_segmentation(
             if fz is not None:
                 fz[f] = fz[f].flip(-1)
 
-        feats = model.stem(x)
-        emb = model.body(feats)
-        logits = model.classify(emb)
-        loss_ce = ce(logits, y)
-        loss, logs = loss_ce, {"ce": float(loss_ce.detach())}
-        if model.proj_pixel is not None:
-            l_pix = pixel_loss(model.proj_pixel(emb), logits, y, g)
-            loss = loss + cfg.pixel_contrast.weight * l_pix
-            logs["pixel_contrast"] = float(l_pix.detach())
-        if model.ssr is not None:
-            with frozen_bn_stats(model):
-                l_ssr = ce(model.classify(model.body(model.ssr(feats, fz))), y)
-            loss = loss + cfg.ssr.weight * l_ssr
-            logs["ssr"] = float(l_ssr.detach())
-        if model.proj_patch is not None:
-            with frozen_bn_stats(model):
-                l_patch = _patch_term(model, x, patch_loss, cfg.patch_consistency, g)
-            loss = loss + cfg.patch_consistency.weight * l_patch
-            logs["patch_consistency"] = float(l_patch.detach())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train_amp):
+            feats = model.stem(x)
+            emb = model.body(feats)
+            logits = model.classify(emb)
+            loss_ce = ce(logits, y)
+            loss, logs = loss_ce, {"ce": float(loss_ce.detach())}
+            if model.proj_pixel is not None:
+                l_pix = pixel_loss(model.proj_pixel(emb), logits.float(), y, g)
+                loss = loss + cfg.pixel_contrast.weight * l_pix
+                logs["pixel_contrast"] = float(l_pix.detach())
+            if model.ssr is not None:
+                with frozen_bn_stats(model):
+                    l_ssr = ce(model.classify(model.body(model.ssr(feats, fz))), y)
+                loss = loss + cfg.ssr.weight * l_ssr
+                logs["ssr"] = float(l_ssr.detach())
+            if model.proj_patch is not None:
+                with frozen_bn_stats(model):
+                    l_patch = _patch_term(model, x, patch_loss, cfg.patch_consistency, g)
+                loss = loss + cfg.patch_consistency.weight * l_patch
+                logs["patch_consistency"] = float(l_patch.detach())
+                logs["patch_confident_fraction"] = patch_loss.last_stats["confident_fraction"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -484,7 +498,7 @@ def _patch_term(
     out = []
     for w in (win1, win2):
         e = model.body(model.stem(crop(x, w)))
-        probs = model.classify(e).detach().softmax(1)
+        probs = model.classify(e).detach().float().softmax(1)
         out.append((model.proj_patch(e), probs))
     (z1, p1), (z2, p2) = out
     conf2, lab2 = _rows(p2, at2).max(-1)

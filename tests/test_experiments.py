@@ -78,8 +78,12 @@ def test_tiny_table_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
     monkeypatch.setattr("glare_core.evaluation.evaluate_backbone", boom)
     assert run(table, tmp_path) == []
 
-    # The dry run sees them done; the list command works on a results folder.
-    assert "[done] glare__syn__seed1" in ex.plan(table, tmp_path / "results", smoke=True)
+    # The dry run sees them done and current; a changed definition marks them stale (still skipped).
+    plan = ex.plan(table, tmp_path / "results", smoke=True)
+    assert "[done] glare__syn__seed1\n" in plan + "\n" and "STALE" not in plan
+    changed = ex.dataclasses.replace(table, probe={**table.probe, "lr": 0.5})
+    assert "STALE: probe lr=" in ex.plan(changed, tmp_path / "results", smoke=True)
+    assert run(changed, tmp_path) == []
 
 
 def test_interrupted_pretraining_resumes(tmp_path, monkeypatch):
@@ -282,8 +286,13 @@ def test_foreign_run_folder_is_refused(tmp_path):
     run_dir = cell.run_dir(tmp_path / "runs")
     run_dir.mkdir(parents=True)
     cfg = ex.train_config(cell, smoke=True)
+    cfg.num_threads = 2  # a runtime key: a run folder may be resumed with another value
+    cfg.save(run_dir / "config.json")
+    ex.check_run_config(run_dir, ex.train_config(cell, smoke=True))
     cfg.steps = 99  # a run folder made by another definition of this cell
     cfg.save(run_dir / "config.json")
     with pytest.raises(ex.ResultFileError, match="steps") as err:
         ex.pretrain_cell(cell, tmp_path / "runs", smoke=True)
     assert str(run_dir) in str(err.value)
+    assert ex.with_threads(table, 2).threads == 2
+    assert ex.train_config(ex.with_threads(table, 2).cells()[0]).num_threads == 2

@@ -269,3 +269,18 @@ def test_pretrain_command_selects_pipa_and_checkpoints_its_queue(tmp_path):
     assert all("loss_local" in json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["objective"]
     assert "local_loss.core.queue.labels" in state
+
+
+def test_similarities_stay_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(10, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    a, p, queue = (
+        torch.randn(5, 8, generator=g),
+        torch.randn(5, 8, generator=g),
+        torch.randn(7, 8, generator=g),
+    )
+    mask = torch.rand(5, 7, generator=g) < 0.7
+    ref_pix, ref_patch = supervised_pixel_contrast(z, y), patch_contrast(a, p, queue, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert supervised_pixel_contrast(z, y).item() == pytest.approx(ref_pix.item(), rel=1e-6)
+        assert torch.allclose(patch_contrast(a, p, queue, mask), ref_patch, rtol=1e-6)

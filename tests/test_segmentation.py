@@ -53,7 +53,8 @@ def test_each_extra_term_trains_and_returns_finite_metrics(setup, name):
     result = train_segmentation(backbone, train, val, cfg, extra_terms=TERM_SETS[name])
     json.dumps(result)
     assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["pixel_acc"] <= 1.0
-    assert set(result["losses"]) == {"loss", "ce", *TERM_SETS[name]}
+    extra = {"patch_confident_fraction"} if "patch_consistency" in TERM_SETS[name] else set()
+    assert set(result["losses"]) == {"loss", "ce", *TERM_SETS[name], *extra}
     for term in TERM_SETS[name]:
         assert math.isfinite(result["losses"][term]["first"]) and result["losses"][term]["first"] > 0
     assert (result["parameters"]["training_only"] > 0) == bool(TERM_SETS[name])

@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--measure-steps", type=int, default=4, help="steps per --measure run (default 4)")
     parser.add_argument("--no-figures", action="store_true", help="report: CSV and markdown only")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for pre-training, probe and k-NN (default 1: a shared 2-core machine; 2 if idle)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         table = ex.get_table(args.table)
         if smoke:
             table = ex.smoke_table(table)
+        if args.threads:
+            table = ex.with_threads(table, args.threads)
         if args.dry_run:
             print(ex.plan(table, results, smoke))
             return 0

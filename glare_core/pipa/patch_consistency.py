@@ -147,13 +147,14 @@ def patch_contrast(
     Returns:
         (M,) float32 losses.
     """
-    a = F.normalize(anchors.float(), dim=-1)
-    p = F.normalize(positives.float(), dim=-1)
-    pos = (a * p).sum(-1, keepdim=True) / temperature  # (M, 1)
-    neg = a @ negatives.float().t() / temperature  # (M, Q)
-    neg = neg.masked_fill(~negative_mask, float("-inf"))
-    logits = torch.cat([pos, neg], dim=1)
-    return torch.logsumexp(logits, dim=1) - pos[:, 0]
+    with torch.autocast(anchors.device.type, enabled=False):  # float32 similarities under autocast
+        a = F.normalize(anchors.float(), dim=-1)
+        p = F.normalize(positives.float(), dim=-1)
+        pos = (a * p).sum(-1, keepdim=True) / temperature  # (M, 1)
+        neg = a @ negatives.float().t() / temperature  # (M, Q)
+        neg = neg.masked_fill(~negative_mask, float("-inf"))
+        logits = torch.cat([pos, neg], dim=1)
+        return torch.logsumexp(logits, dim=1) - pos[:, 0]
 
 
 class PatchConsistencyLoss(nn.Module):

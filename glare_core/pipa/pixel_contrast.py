@@ -126,22 +126,23 @@ def supervised_pixel_contrast(
     """
     if embeddings.shape[0] < 2:
         return embeddings.sum() * 0.0
-    z = F.normalize(embeddings.float(), dim=-1)
-    A = z.shape[0]
-    logits = z @ z.t() / temperature  # (A, A)
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(A, dtype=torch.bool, device=z.device)
-    pos_mask = same & ~eye
-    neg_sum = (logits.exp() * (~same)).sum(dim=1, keepdim=True)  # (A, 1)
-    log_prob = logits - torch.log(logits.exp() + neg_sum)  # (A, A): per positive pair
-    n_pos = pos_mask.sum(dim=1)
-    has_pos = n_pos > 0
-    if not bool(has_pos.any()):
-        return embeddings.sum() * 0.0
-    mean_log_prob_pos = (log_prob * pos_mask).sum(dim=1)[has_pos] / n_pos[has_pos]
-    scale = temperature / (base_temperature or temperature)
-    return -(scale * mean_log_prob_pos).mean()
+    with torch.autocast(embeddings.device.type, enabled=False):  # float32 similarities under autocast
+        z = F.normalize(embeddings.float(), dim=-1)
+        A = z.shape[0]
+        logits = z @ z.t() / temperature  # (A, A)
+        logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(A, dtype=torch.bool, device=z.device)
+        pos_mask = same & ~eye
+        neg_sum = (logits.exp() * (~same)).sum(dim=1, keepdim=True)  # (A, 1)
+        log_prob = logits - torch.log(logits.exp() + neg_sum)  # (A, A): per positive pair
+        n_pos = pos_mask.sum(dim=1)
+        has_pos = n_pos > 0
+        if not bool(has_pos.any()):
+            return embeddings.sum() * 0.0
+        mean_log_prob_pos = (log_prob * pos_mask).sum(dim=1)[has_pos] / n_pos[has_pos]
+        scale = temperature / (base_temperature or temperature)
+        return -(scale * mean_log_prob_pos).mean()
 
 
 class PixelContrastLoss(nn.Module):
