@@ -29,6 +29,13 @@ Training and evaluation
     ``evaluation``      the segmentation protocol every compared backbone goes through
     ``knn``             forgetting: k-NN accuracy on Tiny-ImageNet
     ``bench``           step throughput, memory and fraction of the measured matmul peak
+    ``experiments``     the result tables (main, ablations, efficiency, neighbours): resumable cells
+    ``plots``           tables and figures the book draws from ``results/``
+
+The neighbours (the other seed methods, for comparison)
+    ``segmentation``    a light decoder trained on frozen or adapted features, with optional extra terms
+    ``pipa``            PiPa: pixel-wise supervised contrast and patch-wise consistency
+    ``ssr``             SSR: a training-only cross-attention branch from a frozen encoder
 
 Around it
     ``paths``           where data, weights and runs live

@@ -43,6 +43,14 @@ class HeadConfig:
         separate_patch_head: give patch tokens (L) and regions (R) their own head instead of sharing the [CLS]
             head (iBOT's ``shared_head=False``). Default False (Design: the DINO head is applied to patch
             tokens).
+        init: how a *new* head starts. ``"random"``: DINO's truncated normal (std 0.02). ``"data"``: the same,
+            then the per-dimension mean and standard deviation of the frozen base's tokens on a sample of
+            target images are folded into the first linear layer (:meth:`DINOHead.standardize_input_`), so
+            the head sees standardised tokens (Design). Why: the tokens of a narrow target domain are very
+            alike (the offline DINOv2's [CLS] tokens of CamVid frames have a mean pairwise cosine of 0.87),
+            so a random head maps every image to almost the same logits; after centring the teacher's
+            target is then uniform (entropy ln K) and the loss carries no signal for hundreds of steps.
+            Ignored for a head loaded from a checkpoint.
     """
 
     out_dim: int = 65536
@@ -51,6 +59,11 @@ class HeadConfig:
     nlayers: int = 3
     norm_last_layer: bool = True
     separate_patch_head: bool = False
+    init: str = "random"
+
+    def __post_init__(self):
+        if self.init not in ("random", "data"):
+            raise ValueError(f"heads.init={self.init!r}: choose 'random' or 'data'")
 
 
 class WeightNormLinear(nn.Module):
@@ -170,6 +183,19 @@ class DINOHead(nn.Module):
     @property
     def out_dim(self) -> int:
         return self.last_layer.weight_v.shape[0]
+
+    @torch.no_grad()
+    def standardize_input_(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Make the head compute ``h((x - mean) / std)`` from now on, by folding the affine map into the first
+        linear layer: ``W <- W / std`` (per input column), ``b <- b - (W / std) mean``.
+
+        Shapes:
+            mean, std: (D,), the statistics of the tokens this head will see.
+        """
+        first = self.mlp[0] if isinstance(self.mlp, nn.Sequential) else self.mlp
+        weight = first.weight / std.to(first.weight).clamp_min(1e-6)
+        first.weight.copy_(weight)
+        first.bias.sub_(weight @ mean.to(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)

@@ -48,7 +48,8 @@ LIGHT_DEPENDENCIES = {
 CPU_WARNING = """\
 !!! Running on the CPU: no GPU was found. !!!
   Forward passes and parameter counts are fine on a CPU, but continual
-  pre-training (chapters 9-11) takes hours here.
+  pre-training is slow here (chapter 8's cpu preset: minutes per run;
+  the experiment tables of chapters 9-11: hours).
   * Colab: Runtime > Change runtime type > T4 GPU, then run again.
   * Locally: GLARE_SMOKE=1 shrinks every run to seconds; the training
     chapters also have a CPU preset (the book's committed outputs come

@@ -297,6 +297,44 @@ class StudentTeacher(nn.Module):
         torch._foreach_mul_(teachers, momentum)
         torch._foreach_add_(teachers, students, alpha=1 - momentum)
 
+    # ---------------------------------------------------------------- data-dependent head init
+    @torch.no_grad()
+    def init_heads_from_data(self, images: torch.Tensor) -> dict[str, float]:
+        """Standardise the input of every *new* head with statistics of the frozen base's tokens (the
+        ``"data"`` head init of :class:`~glare_core.heads.HeadConfig`; Design). Call it before training.
+
+        The [CLS] head gets the mean and standard deviation of [CLS] tokens; a separate patch head those of
+        patch tokens; a shared head (the default) the average of the two means and a standard deviation
+        that covers both populations. Student and teacher heads receive the same change, so they stay equal.
+
+        Args:
+            images: (B, 3, S, S) target images in [0, 1] at the view size (B of a few dozen is enough).
+
+        Returns:
+            the mean pairwise cosine of the [CLS] tokens before standardisation (how alike the images look).
+        """
+        if not self._trained_heads():
+            return {}
+        was_training = self.teacher.training
+        self.teacher.eval()
+        out = self.teacher(images.float(), return_attn=False)  # adapters are still zero: the base itself
+        self.teacher.train(was_training)
+        cls, patches = out.cls.float(), out.patches.flatten(0, 1).float()
+        stats = {"cls": (cls.mean(0), cls.std(0)), "patch": (patches.mean(0), patches.std(0))}
+        if not self.separate_patch_head:  # one head for both populations: pooled statistics
+            (mc, sc), (mp, sp) = stats["cls"], stats["patch"]
+            mean = (mc + mp) / 2
+            std = ((sc**2 + sp**2) / 2 + ((mc - mp) / 2) ** 2).sqrt()
+            stats["cls"] = (mean, std)
+        for name, s_head, t_head in self._trained_heads():
+            mean, std = stats["cls" if name == "head" else "patch"]
+            for head in (s_head, t_head) if s_head is not t_head else (s_head,):
+                head.standardize_input_(mean, std)
+        normed = torch.nn.functional.normalize(cls, dim=-1)
+        cos = normed @ normed.T
+        off = cos[~torch.eye(len(cos), dtype=torch.bool, device=cos.device)]
+        return {"cls_mean_pairwise_cos": float(off.mean()) if off.numel() else float("nan")}
+
     # ---------------------------------------------------------------- saving
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's trained tensors.

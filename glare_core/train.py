@@ -119,6 +119,16 @@ class ImageFeed(Dataset):
         return image[:, top : top + self.size, left : left + self.size].contiguous()
 
 
+def head_init_images(feed: ImageFeed, size: int, device: torch.device, count: int = 32) -> torch.Tensor:
+    """``count`` evenly spaced target images at the view size, (count, 3, size, size) in [0, 1], for the
+    ``"data"`` head init (:meth:`glare_core.teacher.StudentTeacher.init_heads_from_data`). Deterministic and
+    drawn without touching any random-number generator, so every rank gets the same images."""
+    idx = torch.linspace(0, len(feed) - 1, min(count, len(feed))).round().long().tolist()
+    images = torch.stack([feed[(0, i)] for i in idx]).float() / 255
+    images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return images.clamp(0, 1).to(device)
+
+
 class ResumableBatchSampler:
     """An endless sampler of this rank's share of each global batch, positioned by the step number.
 
@@ -430,6 +440,11 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         backbone, cfg.student_teacher_config(), head_state_dict=head_state, base_name=cfg.base
     )
     model.to(device)
+    if checkpoint is None and model.train_heads and cfg.heads.init == "data":  # a resumed run has its heads
+        sample = head_init_images(loader.dataset, cfg.objective.views.global_size, device)
+        stats = model.init_heads_from_data(sample)
+        if info.is_main:
+            print(f"[glare] new heads standardised on {len(sample)} target images ({stats})", flush=True)
     if precision != "fp32":  # frozen linear weights stored once in the autocast dtype: same results, faster
         cast_frozen_linears(model, AUTOCAST_DTYPES[precision])
     select_attention(model, cfg.attention, device, precision)

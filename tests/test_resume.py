@@ -26,8 +26,10 @@ def _interrupt_at(monkeypatch, stop_step: int) -> None:
     monkeypatch.setattr(objective_mod.GlareObjective, "__call__", interrupted)
 
 
-def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("head_init", ["random", "data"])
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path, monkeypatch, head_init):
     cfg = preset("smoke")
+    cfg.heads.init = head_init  # "data": the heads are standardised at the start, never again on resume
     cfg.steps, cfg.checkpoint_every = 6, 3
     cfg.head_warmup_steps = 2  # cross the head warm-up boundary before the interruption
 

@@ -114,3 +114,38 @@ def test_momentum_schedule():
     assert momentum_schedule(0, 100) == pytest.approx(0.996)
     assert momentum_schedule(100, 100) == pytest.approx(1.0)
     assert 0.996 < momentum_schedule(50, 100) < 1.0
+
+
+def test_standardize_input_folds_an_affine_map_into_the_first_layer():
+    torch.manual_seed(0)
+    head = DINOHead(8, out_dim=16, hidden_dim=12, bottleneck_dim=4)
+    x = torch.randn(5, 8) * 3 + 2
+    mean, std = torch.randn(8), torch.rand(8) + 0.5
+    expected = head((x - mean) / std)
+    head.standardize_input_(mean, std)
+    torch.testing.assert_close(head(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_data_init_spreads_the_teachers_outputs_and_keeps_student_equal_to_teacher():
+    m = make()
+    images = torch.rand(6, 3, 32, 32) * 0.1 + 0.45  # very alike images, as in a narrow target domain
+    with torch.no_grad():
+        before = m.teacher_forward([images], return_attn=False)[0].cls_logits
+    stats = m.init_heads_from_data(images)
+    assert 0.0 < stats["cls_mean_pairwise_cos"] <= 1.0
+    with torch.no_grad():
+        after = m.teacher_forward([images], return_attn=False)[0].cls_logits
+    # standardised inputs: the logits now differ between images far more than before
+    assert after.std(0).mean() > 3 * before.std(0).mean()
+    for (n, s), t in zip(m.student_head.state_dict().items(), m.teacher_head.state_dict().values()):
+        assert torch.equal(s, t), n
+
+
+def test_data_init_leaves_a_loaded_head_alone():
+    head = DINOHead(frozen_backbone().embed_dim, 64, 48, 16)
+    m = StudentTeacher(
+        frozen_backbone(), StudentTeacherConfig(rank=8, head=SMALL_HEAD), head_state_dict=head.state_dict()
+    )
+    before = {k: v.clone() for k, v in m.student_head.state_dict().items()}
+    assert m.init_heads_from_data(torch.rand(4, 3, 32, 32)) == {}
+    assert all(torch.equal(before[k], v) for k, v in m.student_head.state_dict().items())

@@ -7,8 +7,7 @@
 5. print a table (mIoU, pixel accuracy, trainable parameters, minutes) and write ``demo.json``.
 
 ``make demo`` runs this after setting up the virtual environment. With ``--smoke`` (or ``GLARE_SMOKE=1``)
-every
-step shrinks to seconds: a random ``test_vit`` on synthetic scenes, whose numbers mean nothing.
+every step shrinks to seconds: a random ``test_vit`` on synthetic scenes, whose numbers mean nothing.
 
 Examples:
   glare demo                       # about 10 minutes on 2 CPU cores
