@@ -255,7 +255,9 @@ def _cpu() -> TrainConfig:
     of DINO's 65536 and 2048. With this preset a step of 16 CamVid images took 7.4 s on one thread and 15 s on
     two, while other jobs kept both cores busy (load average 8-9). An idle machine with both threads is
     expected (not measured) to need about 4.5 s, so 200 steps take about 15 minutes; on a busy machine add
-    ``--set num_threads=1``. ``lr`` is set for a short run (DINO's rule would give 5e-4 * 16 / 256 = 3e-5).
+    ``--set num_threads=1``. ``lr``, the EMA momentum and the head init are set for a short run (DINO's
+    rule would give lr 5e-4 * 16 / 256 = 3e-5 and momentum 0.996, with which the exported teacher adapter of a
+    few hundred steps barely moves; ``results/tuning/README.md`` has the runs these values come from).
     """
     cfg = TrainConfig(
         base="dinov2_vits14_imgfocus",
@@ -263,9 +265,10 @@ def _cpu() -> TrainConfig:
         load_size=224,
         batch_size=16,
         steps=200,
-        lr=2e-4,
+        lr=1e-3,
         warmup_fraction=0.1,
-        heads=HeadConfig(out_dim=4096, hidden_dim=1024, bottleneck_dim=256),
+        momentum_teacher=0.99,
+        heads=HeadConfig(out_dim=4096, hidden_dim=1024, bottleneck_dim=256, init="data"),
         head_warmup_steps=30,
         log_every=10,
         checkpoint_every=50,
