@@ -7,6 +7,13 @@ row on the dataset's unlabelled train images (seed = training seed), then evalua
 the table's linear-probe protocol (:func:`glare_core.evaluation.evaluate_backbone`, probe seed = the same
 seed) and, for the main table, k-NN forgetting on Tiny-ImageNet (:func:`glare_core.knn.knn_forgetting`).
 
+A **segmentation table** (``kind="segmentation"``: the PiPa / SSR neighbours) trains, per cell, a light
+decoder on frozen features with the row's extra training terms
+(:func:`glare_core.segmentation.train_segmentation`), on the frozen base or on an adapted backbone whose
+pre-training is another table's cell of the same dataset and seed (:func:`adapter_cell`: its run folder is
+reused when finished, else pre-trained there), and records which parameters inference uses
+(:func:`inference_parameter_check`).
+
 Layout (see ``results/README.md``)::
 
     results/<table>/cells/<row>__<dataset>__seed<k>.json   one finished cell: config, metrics, commit, machine
@@ -30,7 +37,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
-import importlib.util
 import io
 import json
 import math
@@ -58,7 +64,7 @@ class ResultFileError(ValueError):
 
 
 class NotYetAvailableError(NotImplementedError):
-    """A table whose code does not exist yet (the PiPa / SSR neighbours)."""
+    """A table whose code does not exist yet (``kind="placeholder"``)."""
 
 
 # ============================================================================================ definitions
@@ -74,6 +80,8 @@ class Row:
         data_fraction: fraction of the dataset's pre-training images to use (the "amount of target data"
             ablation); the subset is chosen with the dataset's fixed ``subset_seed``.
         group: ablation group for figures ("terms", "patch augmentation" ...); "" for none.
+        terms: segmentation tables only (``kind="segmentation"``): the light decoder's extra training terms,
+            a subset of :data:`glare_core.segmentation.TERMS` (``()``: the decoder alone).
     """
 
     name: str
@@ -82,6 +90,7 @@ class Row:
     pretrain: bool = True
     data_fraction: float = 1.0
     group: str = ""
+    terms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,9 @@ class Table:
     Attributes:
         name: folder name under ``results/``.
         title: caption.
-        kind: ``"cells"`` (pre-train + probe per cell), ``"bench"`` (runs :mod:`glare_core.bench`) or
+        kind: ``"cells"`` (pre-train + probe per cell), ``"segmentation"`` (a light decoder, with a row's
+            extra training terms, on the frozen base or on an adapted backbone taken from another table's
+            pre-training; :func:`run_segmentation_cell`), ``"bench"`` (runs :mod:`glare_core.bench`) or
             ``"placeholder"`` (not yet available).
         rows, datasets, seeds: the grid.
         preset: training preset every pre-training row starts from.
@@ -130,6 +141,11 @@ class Table:
         threads: torch CPU threads for the probe and k-NN (None: torch's default); pre-training uses the
             config's ``num_threads``. One thread suits a 2-core machine shared with other jobs.
         note: why the table is shaped this way (shown by ``glare experiment list``).
+        segmentation: ``kind="segmentation"``: :class:`glare_core.segmentation.SegTrainConfig` fields shared
+            by every row (``size`` and ``seed`` come from the dataset and the cell).
+        adapters_from: ``kind="segmentation"``: the table whose ``adapter_row`` pre-training gives the adapted
+            backbone of a row with ``pretrain=True`` (same dataset, same seed, same config, same run folder).
+        adapter_row: that table's row.
     """
 
     name: str
@@ -146,6 +162,9 @@ class Table:
     knn_seeds: tuple[int, ...] | None = None
     threads: int | None = 1
     note: str = ""
+    segmentation: dict[str, Any] = field(default_factory=dict)
+    adapters_from: str = ""
+    adapter_row: str = ""
 
     def cells(self) -> list[Cell]:
         """Every cell, in run order: seeds outermost, so a partial run already covers each row once."""
@@ -307,14 +326,62 @@ def _efficiency() -> Table:
     return Table("efficiency", "Training-step benchmark (glare_core.bench)", kind="bench")
 
 
+#: The light-decoder protocol of the neighbours table (:class:`glare_core.segmentation.SegTrainConfig`
+#: fields), pinned here like :data:`CPU_PROBE`: the last block's tokens of the frozen backbone at the probe's
+#: input size (448 x 336 for CamVid: 32 x 24 cells of 14 px, the same cached features as the main table's
+#: probe), the light decoder of width 256, AdamW at 1e-3 (Design, not tuned), batch 8, cross-entropy at half
+#: label resolution (as the probe), evaluation at full resolution. Steps: 1000 (the probe's), sized from step
+#: times measured with ``glare experiment neighbours --measure`` on the shared 2-core AMD EPYC machine, one
+#: thread: 0.31 s (decoder alone), 0.75 s (+ PiPa), 0.77 s (+ SSR) per step, i.e. about 5, 12.5 and 13 minutes
+#: per cell with cached features (CPU seconds per step, measured alongside: 0.29 / 0.79 / 0.82). Two threads
+#: were about 1.5x faster per step at 224 x 168 on a quiet machine; not measured at 448 x 336 on an idle one.
+NEIGHBOUR_SEG = {
+    "layers": "last",
+    "hidden_dim": 256,
+    "steps": 1000,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "warmup_steps": 50,
+    "flip": True,
+    "label_scale": 0.5,
+    "train_amp": True,
+}
+PIPA = ("pixel_contrast", "patch_consistency")
+
+
 def _neighbours() -> Table:
-    """PLACEHOLDER (a later issue): PiPa and SSR on the same benchmark, once ``glare_core.segmentation``
-    exists. Running it raises :class:`NotYetAvailableError`."""
+    """PiPa's and SSR's ideas on GLARE's benchmark (``glare-method.md`` section 5).
+
+    Rows: the light decoder alone, with PiPa's two losses (pixel contrast 0.1, patch consistency 0.01) and
+    with SSR's training-only fusion branch (the frozen base model stands in for SAM), each on the frozen base
+    and on the GLARE-adapted backbone of the same seed, i.e. the adapter of the main table's ``glare`` cell
+    (``runs/experiments/main/glare__camvid__seed<k>/adapter.safetensors``, pre-trained there when missing).
+    """
+    rows = []
+    for backbone, label, adapted in (("base", "base", False), ("glare", "GLARE-adapted", True)):
+        group = f"{label} backbone"
+        rows += [
+            Row(f"decoder_{backbone}", f"light decoder, {label}", pretrain=adapted, group=group),
+            Row(f"pipa_{backbone}", f"+ PiPa losses, {label}", pretrain=adapted, group=group, terms=PIPA),
+            Row(f"ssr_{backbone}", f"+ SSR branch, {label}", pretrain=adapted, group=group, terms=("ssr",)),
+        ]
+    steps = NEIGHBOUR_SEG["steps"]
     return Table(
         "neighbours",
-        "PiPa / SSR on the same benchmark (placeholder: not yet available)",
-        kind="placeholder",
-        note="needs glare_core.segmentation (a later issue)",
+        "PiPa and SSR on CamVid: a light decoder on frozen features, mIoU on val",
+        kind="segmentation",
+        rows=tuple(rows),
+        datasets=(CAMVID,),
+        seeds=(0, 1, 2),
+        segmentation=NEIGHBOUR_SEG,
+        adapters_from="main",
+        adapter_row="glare",
+        note=(
+            f"light decoder on frozen last-block tokens at 448x336 (32x24 cells), {steps} steps of batch 8, "
+            "CE at half label resolution; CamVid train 367 -> val 101 (as the main table); GLARE-adapted = "
+            "the main table's glare cell of the same seed (112 px views, 100 steps); 3 seeds"
+        ),
     )
 
 
@@ -354,6 +421,7 @@ def smoke_table(table: Table) -> Table:
         probe={"smoke": True},
         knn=table.knn and has_knn,
         knn_settings=dict(SMOKE_KNN),
+        segmentation={"smoke": True} if table.kind == "segmentation" else {},
     )
 
 
@@ -399,6 +467,44 @@ def probe_config(cell: Cell):
     smoke = bool(values.pop("smoke", False))
     values.update(size=tuple(cell.dataset.probe_size), seed=cell.seed)
     return ProbeConfig.smoke(**values) if smoke else ProbeConfig(**values)
+
+
+def seg_config(cell: Cell):
+    """The light-decoder protocol of a segmentation cell (:class:`glare_core.segmentation.SegTrainConfig`):
+    the table's fields, the dataset's size, the cell's seed; progress bars off."""
+    from .segmentation import SegTrainConfig
+
+    values = dict(cell.table.segmentation)
+    smoke = bool(values.pop("smoke", False))
+    values.update(size=tuple(cell.dataset.probe_size), seed=cell.seed, progress=False)
+    return SegTrainConfig.smoke(**values) if smoke else SegTrainConfig(**values)
+
+
+def adapter_cell(cell: Cell, smoke: bool = False) -> Cell:
+    """The cell whose pre-training gives a segmentation cell its adapted backbone.
+
+    For a row with ``pretrain=True`` of a ``kind="segmentation"`` table: the ``adapter_row`` cell of the table
+    ``adapters_from`` with the same dataset and seed (its smoke version in smoke runs, with this table's
+    threads), so that the adapter is that cell's, from that cell's run folder and config. Any other cell is
+    its own source.
+    """
+    t = cell.table
+    if t.kind != "segmentation" or not cell.row.pretrain:
+        return cell
+    if not t.adapters_from or not t.adapter_row:
+        raise ValueError(f"table {t.name!r}: rows with pretrain=True need adapters_from and adapter_row")
+    src = get_table(t.adapters_from)
+    if smoke:
+        src = smoke_table(src)
+    if t.threads and t.threads != src.threads:
+        src = with_threads(src, t.threads)
+    spec = next((d for d in src.datasets if d.name == cell.dataset.name), None)
+    if spec is None:
+        raise ValueError(
+            f"table {t.name!r}: dataset {cell.dataset.name!r} is not a dataset of table {src.name!r}, "
+            "whose pre-training gives the adapted backbone"
+        )
+    return Cell(src, src.row(t.adapter_row), spec, cell.seed)
 
 
 def _train_size(spec: DatasetSpec) -> int:
@@ -543,6 +649,8 @@ def check_run_config(run_dir: Path, cfg) -> None:
 
 def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False) -> dict[str, Any]:
     """Run one cell end to end and write its JSON (atomically); returns the record."""
+    if cell.table.kind == "segmentation":
+        return run_segmentation_cell(cell, results_dir, runs_dir, smoke)
     import torch
 
     from .evaluation import evaluate_backbone, save_result
@@ -627,6 +735,211 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
     return record
 
 
+# ======================================================================================== segmentation cells
+#: A run folder written to less than this many seconds ago, without a finished export, is taken to be in use
+#: by another process (e.g. ``glare experiment main`` pre-training the same adapter).
+BUSY_SECONDS = 600
+
+
+def _refuse_busy_run(run_dir: Path) -> None:
+    """Refuse to pre-train in a run folder that another process seems to be writing right now.
+
+    Raises:
+        ResultFileError: naming the folder, how long ago it was written and the fix.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists() and (run_dir / "adapter.safetensors").exists():
+        return
+    files = [p for p in (run_dir / "metrics.jsonl", run_dir / "checkpoint.pt") if p.exists()]
+    if not files:
+        return
+    age = time.time() - max(p.stat().st_mtime for p in files)
+    if age < BUSY_SECONDS:
+        raise ResultFileError(
+            f"{run_dir}: pre-training there was written {age:.0f} s ago and is not finished; another process "
+            "(glare experiment main?) seems to be training this adapter. Fix: let it finish, then run this "
+            f"table again (it reuses the adapter); if no process uses the folder, run again after "
+            f"{BUSY_SECONDS // 60} minutes (it then resumes from the checkpoint)."
+        )
+
+
+def inference_parameter_check(
+    in_dim: int,
+    num_classes: int,
+    hidden: int,
+    terms: Sequence[str],
+    frozen_dim: int | None = None,
+    ssr_heads: int = 8,
+    pixel_dim: int = 128,
+    patch_dim: int = 128,
+) -> dict[str, Any]:
+    """Which parameters the inference path of :class:`glare_core.segmentation.SegmentationModel` uses.
+
+    Builds the model with the row's training-only modules, runs its inference ``forward`` (the path
+    :func:`glare_core.segmentation.train_segmentation` evaluates) on a random (1, C, 4, 4) map,
+    back-propagates the sum of the logits and counts the parameters that receive a gradient: those are every
+    parameter inference depends on. For PiPa and SSR, ``training_only_used_at_inference`` must be 0 and
+    ``inference`` must equal ``decoder`` (the same count as the plain decoder's).
+
+    Returns:
+        ``inference`` (parameters reached by the inference path), ``decoder`` (the decoder's parameters),
+        ``training_only`` (the other modules' parameters), ``training_only_used_at_inference``, ``modules``
+        ({training-only module: parameters}).
+    """
+    import torch
+
+    from .segmentation import SegmentationModel
+
+    model = SegmentationModel(
+        in_dim,
+        num_classes,
+        hidden,
+        tuple(terms),
+        pixel_dim=pixel_dim,
+        patch_dim=patch_dim,
+        frozen_dim=frozen_dim,
+        ssr_heads=ssr_heads,
+    ).eval()
+    model(torch.randn(1, in_dim, 4, 4)).sum().backward()
+    decoder = {id(p) for p in model.decoder.parameters()}
+    used = [p for p in model.parameters() if p.grad is not None]
+    extra = {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in model.named_children()
+        if name != "decoder" and module is not None
+    }
+    return {
+        "inference": sum(p.numel() for p in used),
+        "decoder": sum(p.numel() for p in model.decoder.parameters()),
+        "training_only": sum(p.numel() for p in model.parameters() if id(p) not in decoder),
+        "training_only_used_at_inference": sum(p.numel() for p in used if id(p) not in decoder),
+        "modules": extra,
+    }
+
+
+def run_segmentation_cell(
+    cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False
+) -> dict[str, Any]:
+    """One cell of a ``kind="segmentation"`` table: a light decoder with the row's extra terms, on the frozen
+    base (``pretrain=False``) or on the adapted backbone of :func:`adapter_cell` (its run folder reused when
+    finished, else pre-trained there with :func:`pretrain_cell`), scored on val; writes the cell JSON.
+
+    SSR's frozen encoder is the frozen base: on the base rows it is the evaluated backbone itself (the same
+    cached features), on the adapted rows the base without the adapter.
+    """
+    import torch
+
+    from .config import preset
+    from .evaluation import save_result
+    from .segmentation import train_segmentation
+    from .teacher import apply_adapter
+    from .weights import load_base
+
+    started, t0 = _now(), time.perf_counter()
+    train_cfg, pre, source = None, None, None
+    if cell.row.pretrain:
+        source = adapter_cell(cell, smoke)
+        _refuse_busy_run(source.run_dir(runs_dir))
+        train_cfg, pre = pretrain_cell(source, runs_dir, smoke)
+        pre["source_cell"] = f"{source.table.name}/{source.key}"
+        base_name = train_cfg.base
+        backbone = apply_adapter(
+            load_base(base_name, verbose=False), Path(pre["run_dir"]) / "adapter.safetensors"
+        )
+    else:
+        base_name = preset(cell.table.preset).base
+        backbone = load_base(base_name, verbose=False)
+    terms = tuple(cell.row.terms)
+    encoder, encoder_name = None, None
+    if "ssr" in terms:
+        if cell.row.pretrain:
+            encoder, encoder_name = (
+                load_base(base_name, verbose=False),
+                f"frozen base {base_name} (no adapter)",
+            )
+        else:
+            encoder_name = f"frozen base {base_name} (the evaluated backbone itself)"
+
+    seg = seg_config(cell)
+    threads = torch.get_num_threads()
+    if cell.table.threads:
+        torch.set_num_threads(cell.table.threads)
+    try:
+        train_ds, val_ds = probe_datasets(cell.dataset)
+        result = train_segmentation(backbone, train_ds, val_ds, seg, extra_terms=terms, ssr_encoder=encoder)
+    finally:
+        torch.set_num_threads(threads)
+
+    frozen_dim = encoder.embed_dim if encoder is not None else backbone.embed_dim
+    check = inference_parameter_check(
+        len(result["backbone"]["layers"]) * backbone.embed_dim,
+        len(result["classes"]),
+        seg.hidden_dim,
+        terms,
+        frozen_dim=frozen_dim if "ssr" in terms else None,
+        ssr_heads=seg.ssr.num_heads,
+        pixel_dim=seg.pixel_contrast.proj_dim,
+        patch_dim=seg.patch_consistency.proj_dim,
+    )
+    check["matches_trained_model"] = (
+        check["inference"] == result["parameters"]["inference"]
+        and check["training_only"] == result["parameters"]["training_only"]
+    )
+    t = result["timings"]
+    metrics = {
+        "miou": result["miou"],
+        "pixel_acc": result["pixel_acc"],
+        "mean_acc": result["mean_acc"],
+        "per_class_iou": result["per_class_iou"],
+        "knn_top1": None,
+        "knn_top5": None,
+        "trainable_params": int(pre["summary"].get("trainable_params", 0)) if pre else 0,
+        "pretrain_minutes": (pre["step_seconds_total"] / 60) if pre else 0.0,
+        "pretrain_seconds_per_step": pre["seconds_per_step"] if pre else None,
+        "probe_seconds": t["total_s"],
+        "knn_seconds": None,
+        "inference_params": result["parameters"]["inference"],
+        "training_only_params": result["parameters"]["training_only"],
+        "decoder_seconds_per_step": t["step_s"],
+        "decoder_train_seconds": t["train_s"],
+    }
+    record = {
+        "schema": SCHEMA_VERSION,
+        "table": cell.table.name,
+        "row": cell.row.name,
+        "row_label": cell.row.label,
+        "row_group": cell.row.group,
+        "dataset": cell.dataset.name,
+        "dataset_label": cell.dataset.label,
+        "seed": cell.seed,
+        "smoke": smoke,
+        "terms": list(terms),
+        "backbone": "adapted" if cell.row.pretrain else "base",
+        "metrics": metrics,
+        "config": {
+            "base": base_name,
+            "row": dataclasses.asdict(cell.row),
+            "dataset": dataclasses.asdict(cell.dataset),
+            "table_preset": cell.table.preset,
+            "adapter_source": f"{source.table.name}/{source.key}" if source else None,
+            "train": train_cfg.to_dict() if train_cfg is not None else None,
+            "segmentation": seg.to_dict(),
+            "ssr_encoder": encoder_name,
+        },
+        "pretrain": pre,
+        "inference_check": check,
+        "evaluation": {k: v for k, v in result.items() if k not in ("per_class_iou", "config", "machine")},
+        "git_commit": git_commit(),
+        "machine": {**machine(), "torch_threads": result["machine"]["threads"]},
+        "threads": cell.table.threads,
+        "started": started,
+        "finished": _now(),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    save_result(record, cell.result_path(results_dir))
+    return record
+
+
 # ============================================================================================ reading results
 def read_cell(path: str | Path) -> dict[str, Any]:
     """Read and check one cell JSON.
@@ -671,23 +984,34 @@ def cell_done(cell: Cell, results_dir: Path) -> bool:
 
 #: Recorded config keys that do not change a cell's numbers (compared by :func:`stale_reason`).
 _PROBE_RUNTIME = ("cache", "num_workers", "feature_batch_size", "eval_batch_size")
+_SEG_RUNTIME = ("cache", "feature_batch_size", "eval_batch_size")
 
 
 def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | None:
     """Why a finished cell no longer matches the table's current definition (None: it matches).
 
-    Compares the recorded probe protocol and training config with :func:`probe_config` and
-    :func:`train_config`. A stale cell is still skipped by the runner (its JSON exists); delete the file to
-    recompute it with the current definition.
+    Compares the recorded probe protocol (segmentation tables: decoder protocol and terms) and training
+    config with :func:`probe_config` (:func:`seg_config`) and :func:`train_config` (of :func:`adapter_cell`).
+    A stale cell is still skipped by the runner (its JSON exists); delete the file to recompute it with the
+    current definition.
     """
     record = read_cell(cell.result_path(results_dir))
-    want = probe_config(cell).to_dict()
-    got = record["config"].get("probe") or {}
-    diff = sorted(k for k in want if k not in _PROBE_RUNTIME and got.get(k) != want[k])
-    if diff:
-        return "probe " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)
+    if cell.table.kind == "segmentation":
+        want = seg_config(cell).to_dict()
+        got = record["config"].get("segmentation") or {}
+        diff = sorted(k for k in want if k not in _SEG_RUNTIME and got.get(k) != want[k])
+        if diff:
+            return "segmentation " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)
+        if list(record.get("terms", [])) != list(cell.row.terms):
+            return f"terms {record.get('terms')} (now {list(cell.row.terms)})"
+    else:
+        want = probe_config(cell).to_dict()
+        got = record["config"].get("probe") or {}
+        diff = sorted(k for k in want if k not in _PROBE_RUNTIME and got.get(k) != want[k])
+        if diff:
+            return "probe " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)
     if cell.row.pretrain:
-        want_t = train_config(cell, smoke).to_dict()
+        want_t = train_config(adapter_cell(cell, smoke), smoke).to_dict()
         got_t = record["config"].get("train") or {}
         diff = sorted(k for k in want_t if k not in RUNTIME_KEYS and got_t.get(k) != want_t[k])
         if diff:
@@ -724,6 +1048,21 @@ SUMMARY_METRICS = (
 )
 
 
+#: Extra metrics of segmentation-table cells (light decoder): summarised when present.
+SEGMENTATION_METRICS = (
+    "mean_acc",
+    "inference_params",
+    "training_only_params",
+    "decoder_seconds_per_step",
+    "decoder_train_seconds",
+)
+
+
+def _summary_metrics(cells: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    extra = tuple(m for m in SEGMENTATION_METRICS if any(m in c["metrics"] for c in cells))
+    return SUMMARY_METRICS + extra
+
+
 def table_summary(results_dir: str | Path, table: str) -> list[dict[str, Any]]:
     """:func:`summarise` of a table's cells, rows and datasets in the table definition's order (if known)."""
     cells = load_cells(results_dir, table)
@@ -744,12 +1083,14 @@ def summarise(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     Returns:
         One dict per (row, dataset): ``row``, ``row_label``, ``row_group``, ``dataset``, ``dataset_label``,
-        ``seeds`` (list), ``n``, then ``<metric>_mean`` and ``<metric>_std`` for :data:`SUMMARY_METRICS`, and
-        ``per_class_iou_mean`` ({class: mean IoU or None}).
+        ``seeds`` (list), ``n``, then ``<metric>_mean`` and ``<metric>_std`` for :data:`SUMMARY_METRICS` (and
+        for :data:`SEGMENTATION_METRICS` when cells have them), and ``per_class_iou_mean`` ({class: mean IoU
+        or None}); cells of segmentation tables add ``terms`` and ``backbone``.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in cells:
         groups.setdefault((c["row"], c["dataset"]), []).append(c)
+    metrics = _summary_metrics(cells)
     out = []
     for (row, ds), members in groups.items():
         first = members[0]
@@ -762,7 +1103,10 @@ def summarise(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": sorted(c["seed"] for c in members),
             "n": len(members),
         }
-        for m in SUMMARY_METRICS:
+        for k in ("terms", "backbone"):  # segmentation tables
+            if k in first:
+                entry[k] = first[k]
+        for m in metrics:
             mean, std, _ = mean_std(c["metrics"].get(m) for c in members)
             entry[f"{m}_mean"], entry[f"{m}_std"] = mean, std
         classes: list[str] = []
@@ -830,7 +1174,10 @@ def cells_csv(cells: Sequence[dict[str, Any]]) -> str:
 def summary_csv(summary: Sequence[dict[str, Any]]) -> str:
     """The summary as CSV: row, dataset, n, seeds, then mean and std of each metric."""
     head = ["row", "row_label", "dataset", "n", "seeds"]
-    head += [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
+    metrics = SUMMARY_METRICS + tuple(
+        m for m in SEGMENTATION_METRICS if summary and f"{m}_mean" in summary[0]
+    )
+    head += [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     rows = [[e[k] if k != "seeds" else " ".join(map(str, e["seeds"])) for k in head] for e in summary]
     return _csv_text(head, rows)
 
@@ -873,6 +1220,77 @@ def summary_markdown(summary: Sequence[dict[str, Any]], title: str = "") -> str:
     return (f"**{title}**\n\n" if title else "") + text + "\n"
 
 
+#: How a segmentation row's extra terms read in tables and figures.
+TERM_LABELS = {
+    (): "light decoder (CE)",
+    ("pixel_contrast", "patch_consistency"): "+ PiPa (pixel contrast + patch consistency)",
+    ("pixel_contrast",): "+ PiPa pixel contrast",
+    ("patch_consistency",): "+ PiPa patch consistency",
+    ("ssr",): "+ SSR branch (training only)",
+}
+
+
+#: Short names for figure ticks.
+TERM_SHORT_LABELS = {
+    (): "decoder alone",
+    ("pixel_contrast", "patch_consistency"): "+ PiPa",
+    ("ssr",): "+ SSR",
+}
+
+
+def method_label(terms: Sequence[str], short: bool = False) -> str:
+    """The readable name of a set of extra decoder terms (``"+ SSR branch (training only)"``; short:
+    ``"+ SSR"``)."""
+    labels = TERM_SHORT_LABELS if short else TERM_LABELS
+    return labels.get(tuple(terms), "+ " + " + ".join(terms))
+
+
+def segmentation_markdown(summary: Sequence[dict[str, Any]], title: str = "") -> str:
+    """A segmentation table's summary as markdown: one line per set of extra terms, mIoU mean +- std on the
+    base and on the adapted backbone, their difference of means, the parameters used at inference and in
+    training only, the decoder's seconds per step and the seeds done."""
+    from .plots import fmt_mean_std, markdown_table
+
+    methods: list[tuple[str, ...]] = []
+    by: dict[tuple[tuple[str, ...], str], dict[str, Any]] = {}
+    for e in summary:
+        terms = tuple(e.get("terms", ()))
+        if terms not in methods:
+            methods.append(terms)
+        by[(terms, e.get("backbone", "base"))] = e
+    headers = ["training terms", "base mIoU %", "GLARE-adapted mIoU %", "adapted - base"]
+    headers += ["inference params", "training-only params", "decoder s / step", "seeds (base / adapted)"]
+    lines = []
+    for terms in methods:
+        b, a = by.get((terms, "base")), by.get((terms, "adapted"))
+        diff = "-"
+        if a and b and a["miou_mean"] is not None and b["miou_mean"] is not None:
+            diff = f"{100 * (a['miou_mean'] - b['miou_mean']):+.1f}".replace("-0.0", "+0.0")
+        any_e = a or b
+        inf, extra = any_e.get("inference_params_mean"), any_e.get("training_only_params_mean")
+        steps = [
+            e["decoder_seconds_per_step_mean"] for e in (b, a) if e and e.get("decoder_seconds_per_step_mean")
+        ]
+        lines.append(
+            [
+                method_label(terms),
+                fmt_mean_std(b["miou_mean"], b["miou_std"], 100) if b else "-",
+                fmt_mean_std(a["miou_mean"], a["miou_std"], 100) if a else "-",
+                diff,
+                "-" if inf is None else f"{inf / 1e6:.2f} M",
+                "-" if extra is None else ("0" if not extra else f"{extra / 1e3:.0f} k"),
+                f"{sum(steps) / len(steps):.2f}" if steps else "-",
+                f"{b['n'] if b else 0} / {a['n'] if a else 0}",
+            ]
+        )
+    text = markdown_table(headers, lines)
+    return (f"**{title}**\n\n" if title else "") + text + "\n"
+
+
+def _table_kind(table: str) -> str:
+    return TABLES[table]().kind if table in TABLES else "cells"
+
+
 def write_table_report(results_dir: str | Path, table: str, figures: bool = True) -> dict[str, Path]:
     """Rebuild ``cells.csv``, ``summary.csv``, ``summary.md``, ``per_class_iou.csv`` (and figures) of one
     table from its cell JSONs alone. Returns {name: path}."""
@@ -884,19 +1302,45 @@ def write_table_report(results_dir: str | Path, table: str, figures: bool = True
         return written
     summary = table_summary(results_dir, table)
     title = TABLES[table]().title if table in TABLES else table
+    segmentation = _table_kind(table) == "segmentation"
+    markdown = segmentation_markdown(summary, title) if segmentation else summary_markdown(summary, title)
     for name, text in (
         ("cells.csv", cells_csv(cells)),
         ("summary.csv", summary_csv(summary)),
         ("per_class_iou.csv", per_class_csv(summary)),
-        ("summary.md", summary_markdown(summary, title)),
+        ("summary.md", markdown),
     ):
         (folder / name).write_text(text)
         written[name] = folder / name
     if figures:
         from . import plots
 
-        written.update(plots.table_figures(results_dir, table))
+        if segmentation:
+            written.update(_segmentation_figures(results_dir, table, summary))
+        else:
+            written.update(plots.table_figures(results_dir, table))
     return written
+
+
+def _segmentation_figures(
+    results_dir: Path, table: str, summary: Sequence[dict[str, Any]]
+) -> dict[str, Path]:
+    """A segmentation table's PNGs: mIoU per term set and backbone (:func:`glare_core.plots.neighbours_bars`)
+    and per-class IoU per dataset."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    folder = Path(results_dir) / table
+    out: dict[str, Path] = {}
+    figs = [(plots.neighbours_bars(results_dir, table), f"{table}_miou.png")]
+    for d in plots._ordered(e["dataset"] for e in summary):
+        figs.append((plots.per_class_bars(results_dir, table, d), f"per_class_iou_{d}.png"))
+    for fig, name in figs:
+        fig.savefig(folder / name, dpi=120)
+        plt.close(fig)
+        out[name] = folder / name
+    return out
 
 
 def report(results_dir: str | Path = RESULTS_DIR, figures: bool = True) -> dict[str, Path]:
@@ -922,17 +1366,22 @@ def report(results_dir: str | Path = RESULTS_DIR, figures: bool = True) -> dict[
 
 
 # ============================================================================================ timings
+#: Kinds of measured times in ``timings.json``: seconds per pre-training step, per probe head (training and
+#: evaluation), per feature extraction, per k-NN run, per light-decoder step (segmentation tables).
+TIMING_KINDS = ("pretrain", "probe", "features", "knn", "segmentation")
+
+
 def read_timings(results_dir: Path) -> dict[str, Any]:
     path = Path(results_dir) / TIMINGS_FILE
     if not path.exists():
-        return {"pretrain": {}, "probe": {}, "features": {}, "knn": {}}
+        return {k: {} for k in TIMING_KINDS}
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ResultFileError(
             f"{path}: not valid JSON ({e}). Fix: delete it (it is rebuilt from runs)."
         ) from e
-    for k in ("pretrain", "probe", "features", "knn"):
+    for k in TIMING_KINDS:
         data.setdefault(k, {})
     return data
 
@@ -956,6 +1405,14 @@ def _record_cell_timings(results_dir: Path, record: dict[str, Any]) -> None:
     pre = record.get("pretrain")
     if pre and pre.get("seconds_per_step") and pre.get("mode") != "reused":
         record_timing(results_dir, "pretrain", pre["cost_key"], pre["seconds_per_step"], src)
+    if "segmentation" in record["config"]:
+        seg, ev = record["config"]["segmentation"], record["evaluation"]["timings"]
+        key = segmentation_timing_key(record["dataset"], seg, record["terms"], record.get("threads") or "all")
+        record_timing(results_dir, "segmentation", key, ev["step_s"], src)
+        if ev["train_features_s"] > 0 and ev["val_features_s"] > 0:
+            fkey = features_timing_key(record["dataset"], seg)
+            record_timing(results_dir, "features", fkey, ev["train_features_s"] + ev["val_features_s"], src)
+        return
     ev, probe = record["evaluation"]["timings"], record["config"]["probe"]
     record_timing(
         results_dir,
@@ -978,17 +1435,36 @@ def probe_timing_key(dataset: str, probe: dict[str, Any]) -> str:
     return f"{dataset}|{json.dumps(p, sort_keys=True)}"
 
 
+def segmentation_timing_key(dataset: str, seg: dict[str, Any], terms: Sequence[str], threads: Any) -> str:
+    """Timing key of one light-decoder training step: what its cost depends on (input size, decoder width,
+    batch, label scale, precision, the extra terms, torch threads)."""
+    p = {k: seg.get(k) for k in ("size", "layers", "hidden_dim", "batch_size", "label_scale", "train_amp")}
+    return f"{dataset}|{'+'.join(terms) or 'decoder'}|threads{threads}|{json.dumps(p, sort_keys=True)}"
+
+
 def features_timing_key(dataset: str, probe: dict[str, Any]) -> str:
     """Timing key of the probe's feature extraction (train + val, not cached)."""
     p = {k: probe.get(k) for k in ("size", "layers", "amp", "feature_batch_size")}
     return f"{dataset}|{json.dumps(p, sort_keys=True)}"
 
 
-def estimate_cell(cell: Cell, timings: dict[str, Any], smoke: bool = False) -> dict[str, Any]:
+def estimate_cell(
+    cell: Cell,
+    timings: dict[str, Any],
+    smoke: bool = False,
+    runs_dir: Path | None = None,
+    features: bool = True,
+) -> dict[str, Any]:
     """Estimated seconds of a cell from measured times: pre-training (steps x seconds per step of the same
     cost key), probe (feature extraction without cache + head training and evaluation, same dataset and
     protocol) and k-NN. Unmeasured parts are None and listed in ``unmeasured``. An upper bound where
-    features would come from the cache (the base row's later seeds)."""
+    features would come from the cache (the base row's later seeds).
+
+    Segmentation tables (:func:`_estimate_segmentation`): ``probe`` is the decoder's steps x measured seconds
+    per step (plus feature extraction when ``features``), and the pre-training is 0 when the adapter's run
+    folder under ``runs_dir`` is finished."""
+    if cell.table.kind == "segmentation":
+        return _estimate_segmentation(cell, timings, smoke, runs_dir, features)
     est: dict[str, Any] = {"pretrain": 0.0, "probe": None, "knn": 0.0, "unmeasured": []}
     if cell.row.pretrain:
         cfg = train_config(cell, smoke)
@@ -1018,6 +1494,94 @@ def estimate_cell(cell: Cell, timings: dict[str, Any], smoke: bool = False) -> d
     est["total"] = None if any(p is None for p in parts) else sum(parts)
     est["known"] = sum(p for p in parts if p is not None)
     return est
+
+
+def _estimate_segmentation(
+    cell: Cell, timings: dict[str, Any], smoke: bool, runs_dir: Path | None, features: bool
+) -> dict[str, Any]:
+    est: dict[str, Any] = {"pretrain": 0.0, "probe": None, "knn": 0.0, "unmeasured": [], "reused": False}
+    if cell.row.pretrain:
+        src = adapter_cell(cell, smoke)
+        run_dir = src.run_dir(runs_dir or RUNS_DIR)
+        cfg = train_config(src, smoke)
+        est["steps"] = cfg.steps or cfg.total_steps(cfg.limit or 1)
+        if (run_dir / "summary.json").exists() and (run_dir / "adapter.safetensors").exists():
+            est["reused"] = True
+        else:
+            entry = timings["pretrain"].get(cost_key(cfg))
+            est["pretrain"] = entry["median"] * est["steps"] if entry else None
+            if entry is None:
+                est["unmeasured"].append(f"pretrain {cost_key(cfg)}")
+    seg = seg_config(cell)
+    threads = cell.table.threads or "all"
+    entry = timings["segmentation"].get(
+        segmentation_timing_key(cell.dataset.name, seg.to_dict(), cell.row.terms, threads)
+    )
+    decoder = entry["median"] * seg.steps if entry else None
+    if entry is None:
+        est["unmeasured"].append("decoder step")
+    feats = 0.0
+    if features:
+        f = timings["features"].get(features_timing_key(cell.dataset.name, seg.to_dict()))
+        feats = f["median"] if f else None
+        if f is None:
+            est["unmeasured"].append("features")
+    est["decoder"], est["features"] = decoder, feats
+    est["probe"] = None if decoder is None or feats is None else decoder + feats
+    parts = [est["pretrain"], est["probe"]]
+    est["total"] = None if any(x is None for x in parts) else sum(parts)
+    est["known"] = sum(x for x in (est["pretrain"], decoder, feats) if x is not None)
+    return est
+
+
+def _feature_owner(cell: Cell) -> str:
+    """Which frozen features a segmentation cell extracts: the base's, or seed k's adapted backbone's."""
+    return f"adapted seed {cell.seed}" if cell.row.pretrain else "base"
+
+
+def measure_segmentation_times(
+    table: Table, results_dir: Path, steps: int = 20, smoke: bool = False
+) -> dict[str, float]:
+    """Time ``steps`` light-decoder steps of every distinct term set of a segmentation table, on the frozen
+    base's features of the first dataset (extracted, or read from the feature cache), with the table's
+    protocol and threads; record seconds per step in ``results_dir/timings.json``. Returns {key: seconds}.
+    """
+    import torch
+
+    from .config import preset
+    from .segmentation import train_segmentation
+    from .weights import load_base
+
+    cell0 = table.cells()[0]
+    backbone = load_base(preset(table.preset).base, verbose=False)
+    threads = torch.get_num_threads()
+    if table.threads:
+        torch.set_num_threads(table.threads)
+    out: dict[str, float] = {}
+    try:
+        train_ds, val_ds = probe_datasets(cell0.dataset)
+        seen: set[tuple[str, ...]] = set()
+        for cell in table.cells():
+            terms = tuple(cell.row.terms)
+            if terms in seen or cell.dataset != cell0.dataset:
+                continue
+            seen.add(terms)
+            seg = dataclasses.replace(seg_config(cell), steps=steps, warmup_steps=1)
+            print(
+                f"[experiment] measuring {steps} decoder steps with terms {terms or '(none)'} ...", flush=True
+            )
+            r = train_segmentation(backbone, train_ds, val_ds, seg, extra_terms=terms)
+            key = segmentation_timing_key(cell.dataset.name, seg.to_dict(), terms, table.threads or "all")
+            src = f"measure {table.name}/{cell.row.name}"
+            record_timing(results_dir, "segmentation", key, r["timings"]["step_s"], src)
+            t = r["timings"]
+            if t["train_features_s"] > 0 and t["val_features_s"] > 0:
+                fkey = features_timing_key(cell.dataset.name, seg.to_dict())
+                record_timing(results_dir, "features", fkey, t["train_features_s"] + t["val_features_s"], src)
+            out[key] = t["step_s"]
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def measure_step_times(
@@ -1058,8 +1622,12 @@ def _fmt_seconds(s: float | None) -> str:
     return f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.2f} h"
 
 
-def plan(table: Table, results_dir: Path, smoke: bool = False) -> str:
-    """The dry-run text: every cell, done or not, with its estimated time from measured timings."""
+def plan(table: Table, results_dir: Path, smoke: bool = False, runs_dir: Path | None = None) -> str:
+    """The dry-run text: every cell, done or not, with its estimated time from measured timings.
+
+    Segmentation tables: feature extraction is counted once per frozen backbone (the base; each seed's
+    adapted model) and not at all when a finished cell already extracted (and cached) it; pre-training is
+    counted only when the adapter's run folder under ``runs_dir`` is not finished."""
     if table.kind == "placeholder":
         return f"{table.name}: {table.title}\n  not yet available: {table.note}"
     if table.kind == "bench":
@@ -1068,16 +1636,37 @@ def plan(table: Table, results_dir: Path, smoke: bool = False) -> str:
     timings = read_timings(results_dir)
     lines = [f"{table.name}: {table.title}", f"  results: {Path(results_dir) / table.name}"]
     total, unmeasured, todo = 0.0, 0, 0
+    extracted = {_feature_owner(c) for c in table.cells() if cell_done(c, results_dir)}
+    adapters: set[str] = set()
     for cell in table.cells():
         if cell_done(cell, results_dir):
             reason = stale_reason(cell, results_dir, smoke)
             lines.append(f"  [done] {cell.key}" + (f"  (STALE: {reason})" if reason else ""))
             continue
         todo += 1
-        est = estimate_cell(cell, timings, smoke)
+        if table.kind == "segmentation":
+            owner = _feature_owner(cell)
+            est = estimate_cell(cell, timings, smoke, runs_dir, features=owner not in extracted)
+            extracted.add(owner)
+            if cell.row.pretrain and owner in adapters and not est["reused"]:  # pre-trained by an earlier row
+                est["known"] -= est["pretrain"] or 0.0
+                est["pretrain"], est["reused"] = 0.0, True
+                est["unmeasured"] = [u for u in est["unmeasured"] if not u.startswith("pretrain")]
+                est["total"] = None if est["unmeasured"] else est["known"]
+            if cell.row.pretrain:
+                adapters.add(owner)
+        else:
+            est = estimate_cell(cell, timings, smoke)
         total += est["known"]
         unmeasured += est["total"] is None
-        detail = f"pretrain {_fmt_seconds(est['pretrain'])}, probe {_fmt_seconds(est['probe'])}"
+        pre = (
+            "reused" if est.get("reused") else _fmt_seconds(est["pretrain"]) if cell.row.pretrain else "none"
+        )
+        if table.kind == "segmentation":
+            feats = "cached" if not est["features"] else _fmt_seconds(est["features"])
+            detail = f"pretrain {pre}, features {feats}, decoder {_fmt_seconds(est['decoder'])}"
+        else:
+            detail = f"pretrain {pre}, probe {_fmt_seconds(est['probe'])}"
         if cell.knn:
             detail += f", k-NN {_fmt_seconds(est['knn'])}"
         mark = "" if est["total"] is not None else "  (UNMEASURED: " + ", ".join(est["unmeasured"]) + ")"
@@ -1113,13 +1702,8 @@ def run_table(
     """
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
     if table.kind == "placeholder":
-        why = (
-            "glare_core.segmentation exists now, but the rows of this table are not defined in "
-            "glare_core.experiments yet (a later issue)"
-            if _has_segmentation()
-            else "it needs glare_core.segmentation (a later issue)"
-        )
-        raise NotYetAvailableError(f"table {table.name!r} ({table.title}) is not yet available: {why}.")
+        msg = f"table {table.name!r} ({table.title}) is not yet available: {table.note}."
+        raise NotYetAvailableError(msg)
     if table.kind == "bench":
         return [run_bench(table, results_dir, smoke)]
     done_now = []
@@ -1168,17 +1752,13 @@ def run_bench(table: Table, results_dir: Path, smoke: bool = False) -> dict[str,
     return result
 
 
-def _has_segmentation() -> bool:
-    return importlib.util.find_spec("glare_core.segmentation") is not None
-
-
 def status_lines(results_dir: str | Path = RESULTS_DIR) -> list[str]:
     """``glare experiment list``: every table, its cells and which are done."""
     results_dir = Path(results_dir)
     lines = []
     for name in TABLES:
         t = get_table(name)
-        if t.kind == "cells":
+        if t.kind in ("cells", "segmentation"):
             cells = t.cells()
             done = [c for c in cells if cell_done(c, results_dir)]
             lines.append(

@@ -7,7 +7,13 @@ Every function here reads the cell JSONs written by :mod:`glare_core.experiments
 * :func:`per_class_bars`: per-class IoU of several methods on one dataset;
 * :func:`ablation_bars`: the ablations, grouped, with the reference row as a dashed line;
 * :func:`efficiency_bars`: images/s and peak memory of the benchmarked training steps;
-* :func:`markdown_table`, :func:`fmt_mean_std`: the markdown renderer the book and ``summary.md`` use.
+* :func:`markdown_table`, :func:`fmt_mean_std`: the markdown renderer the book and ``summary.md`` use;
+* chapter 9 (results): :func:`table_status` (done / pending / stale cells, commits, machines),
+  :func:`results_markdown` (the main table with n, k-NN forgetting, parameters, minutes),
+  :func:`paired_difference` and :func:`comparison_lines` (seed-paired differences, as sentences generated
+  from the data), :func:`per_class_difference_bars`, :func:`qualitative_figure`;
+* chapter 11 (efficiency): :func:`speedup_decomposition` (measured speedup = peak ratio x efficiency ratio x
+  FLOP ratio).
 
 Each plotting function returns a ``matplotlib`` Figure (a notebook shows it; end the cell with ``plt.show()``)
 and accepts ``ax`` to draw into an existing axis. :func:`table_figures` writes the PNGs of ``glare experiment
@@ -293,15 +299,433 @@ def table_figures(results_dir: str | Path, table: str) -> dict[str, Path]:
     return out
 
 
+# ============================================================================================ results chapter
+def table_status(results_dir: str | Path | None = None, table: str = "main") -> dict[str, Any]:
+    """Which cells of a table are finished, pending or stale, and where the finished ones were computed.
+
+    Returns:
+        ``total`` (number of cells), ``done`` and ``pending`` (cell keys in run order), ``stale`` ({key:
+        reason} of finished cells that no longer match the table's definition), ``commits`` ({git commit:
+        number of cells}), ``machines`` ({"cpu, N cores, torch T, K threads": number of cells}),
+        ``first_start`` and ``last_finish`` (ISO times, or None) and ``smoke`` (keys of smoke-run cells).
+    """
+    from .experiments import cell_done, get_table, read_cell, stale_reason
+
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    t = get_table(table)
+    if t.kind != "cells":
+        raise ValueError(f"table {table!r} has no cells (kind {t.kind!r})")
+    cells = t.cells()
+    done = [c for c in cells if cell_done(c, results_dir)]
+    records = {c.key: read_cell(c.result_path(results_dir)) for c in done}
+    commits: dict[str, int] = {}
+    machines: dict[str, int] = {}
+    for r in records.values():
+        commits[r["git_commit"]] = commits.get(r["git_commit"], 0) + 1
+        m = r["machine"]
+        name = (
+            f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}, "
+            f"{r.get('threads') or m.get('torch_threads', '?')} thread(s)"
+        )
+        machines[name] = machines.get(name, 0) + 1
+    starts = sorted(r["started"] for r in records.values() if r.get("started"))
+    ends = sorted(r["finished"] for r in records.values() if r.get("finished"))
+    stale = {c.key: reason for c in done if (reason := stale_reason(c, results_dir))}
+    return {
+        "total": len(cells),
+        "done": [c.key for c in done],
+        "pending": [c.key for c in cells if c not in done],
+        "stale": stale,
+        "commits": commits,
+        "machines": machines,
+        "first_start": starts[0] if starts else None,
+        "last_finish": ends[-1] if ends else None,
+        "smoke": [k for k, r in records.items() if r.get("smoke")],
+    }
+
+
+def results_markdown(results_dir: str | Path | None = None, table: str = "main") -> str:
+    """The main results table as markdown, one line per row of the table's definition (finished or not).
+
+    Columns: linear-probe mIoU per dataset (mean ± sample std over the finished seeds, with n), k-NN top-1 on
+    Tiny-ImageNet of each dataset's model (forgetting; mean over the cells that measured it), trainable
+    parameters, pre-training minutes per run (mean ± std over every finished cell of the row) and seeds done
+    per dataset. Cells not finished yet read "pending".
+    """
+    from .experiments import get_table, load_cells, mean_std, summarise
+
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    t = get_table(table)
+    cells = load_cells(results_dir, table)
+    by = {(e["row"], e["dataset"]): e for e in summarise(cells)}
+    headers = ["method"] + [f"{d.label} mIoU %" for d in t.datasets]
+    headers += [f"k-NN top-1 % ({d.label} model)" for d in t.datasets]
+    headers += ["trainable params", "pre-training min / run", "seeds done"]
+    lines = []
+    for row in t.rows:
+        entries = [by.get((row.name, d.name)) for d in t.datasets]
+        line: list[Any] = [row.label]
+        line += [
+            f"{fmt_mean_std(e['miou_mean'], e['miou_std'], 100)} (n={e['n']})" if e else "pending"
+            for e in entries
+        ]
+        line += ["pending" if e is None else fmt_mean_std(e["knn_top1_mean"], None, 100) for e in entries]
+        present = [e for e in entries if e]
+        params = present[0]["trainable_params_mean"] if present else None
+        line.append("-" if params is None else ("0" if params == 0 else f"{params / 1e6:.2f} M"))
+        if not row.pretrain:
+            line.append("0 (no pre-training)")
+        else:
+            minutes = [c["metrics"].get("pretrain_minutes") for c in cells if c["row"] == row.name]
+            mean, std, _ = mean_std(minutes)
+            line.append(fmt_mean_std(mean, std))
+        line.append(", ".join(f"{e['n'] if e else 0}/{len(t.seeds)}" for e in entries))
+        lines.append(line)
+    return markdown_table(headers, lines)
+
+
+def paired_difference(
+    results_dir: str | Path | None,
+    table: str,
+    row: str,
+    reference: str,
+    dataset: str,
+    metric: str = "miou",
+) -> dict[str, Any]:
+    """``row`` minus ``reference`` on one dataset, seed by seed, over the seeds both have finished.
+
+    Pairing by seed removes the probe's seed-to-seed variation that both rows share (the same probe seed).
+
+    Returns:
+        ``seeds``, ``diffs`` (per seed, in the metric's unit: fractions for mIoU), ``n``, ``mean`` and ``std``
+        (sample std of the per-seed differences; None for n < 2; ``mean`` None for n = 0), and the labels
+        ``row_label``, ``reference_label``, ``dataset_label``.
+    """
+    from .experiments import load_cells, mean_std
+
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    values: dict[tuple[str, int], float] = {}
+    labels = {row: row, reference: reference, dataset: dataset}
+    for c in load_cells(results_dir, table):
+        if c["dataset"] != dataset or c["row"] not in (row, reference):
+            continue
+        labels[c["row"]] = c.get("row_label", c["row"])
+        labels[dataset] = c.get("dataset_label", dataset)
+        v = c["metrics"].get(metric)
+        if v is not None:
+            values[(c["row"], c["seed"])] = float(v)
+    seeds = sorted(s for (r, s) in values if r == row and (reference, s) in values)
+    diffs = [values[(row, s)] - values[(reference, s)] for s in seeds]
+    mean, std, n = mean_std(diffs)
+    return {
+        "row": row,
+        "reference": reference,
+        "dataset": dataset,
+        "metric": metric,
+        "seeds": seeds,
+        "diffs": diffs,
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "row_label": labels[row],
+        "reference_label": labels[reference],
+        "dataset_label": labels[dataset],
+    }
+
+
+def comparison_lines(
+    results_dir: str | Path | None = None,
+    table: str = "main",
+    pairs: Sequence[tuple[str, str]] = (
+        ("glare", "base"),
+        ("glare", "dino_adapter"),
+        ("dino_adapter", "base"),
+    ),
+    metric: str = "miou",
+) -> list[str]:
+    """One sentence per (pair, dataset of the table) saying what the finished cells show, and nothing more.
+
+    Example: ``"GLARE (G+L+R), adapter - base on CamVid: +0.40 mIoU points (3 seeds; per seed +0.30, +0.60,
+    +0.30; std 0.17; positive in 3 of 3)"``; a pair without a common finished seed reads "not measured yet".
+    """
+    from .experiments import get_table
+
+    t = get_table(table)
+    unit = {"miou": "mIoU", "pixel_acc": "pixel-accuracy", "knn_top1": "k-NN top-1"}.get(metric, metric)
+    labels = {r.name: r.label for r in t.rows}
+    out = []
+    for row, ref in pairs:
+        for d in t.datasets:
+            p = paired_difference(results_dir, table, row, ref, d.name, metric)
+            head = f"{labels.get(row, row)} - {labels.get(ref, ref)} on {d.label}: "
+            if p["n"] == 0:
+                out.append(head + "not measured yet (no seed with both cells finished)")
+                continue
+            per_seed = ", ".join(f"{100 * x:+.2f}" for x in p["diffs"])
+            positive = sum(x > 0 for x in p["diffs"])
+            text = f"{100 * p['mean']:+.2f} {unit} points ("
+            if p["n"] == 1:
+                text += f"1 seed, seed {p['seeds'][0]}: no seed-to-seed spread to judge it against)"
+            else:
+                text += (
+                    f"{p['n']} seeds; per seed {per_seed}; std {100 * p['std']:.2f}; "
+                    f"positive in {positive} of {p['n']})"
+                )
+            out.append(head + text)
+    return out
+
+
+def per_class_difference_bars(
+    results_dir: str | Path | None = None,
+    table: str = "main",
+    dataset: str = "camvid",
+    row: str = "glare",
+    reference: str = "base",
+    ax=None,
+):
+    """Per-class IoU of ``row`` minus ``reference`` (IoU points, mean over the seeds both have finished)."""
+    from .experiments import load_cells
+
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    cells = [c for c in load_cells(results_dir, table) if c["dataset"] == dataset]
+    got = {(c["row"], c["seed"]): c for c in cells}
+    seeds = sorted(s for (r, s) in got if r == row and (reference, s) in got)
+    if not seeds:
+        raise ValueError(
+            f"table {table!r}: no seed with both {row!r} and {reference!r} finished on {dataset}"
+        )
+    classes = _ordered(k for s in seeds for k in got[(row, s)]["metrics"].get("per_class_iou", {}))
+    deltas = []
+    for k in classes:
+        pairs = [
+            (
+                got[(row, s)]["metrics"]["per_class_iou"].get(k),
+                got[(reference, s)]["metrics"]["per_class_iou"].get(k),
+            )
+            for s in seeds
+        ]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        deltas.append(100 * sum(a - b for a, b in pairs) / len(pairs) if pairs else 0.0)
+    fig, ax = _axis(ax, (max(6, 0.6 * len(classes)), 3.2))
+    bars = ax.bar(range(len(classes)), deltas, color=["C2" if v >= 0 else "C3" for v in deltas])
+    ax.bar_label(bars, fmt="%+.1f", fontsize=7, padding=2)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right")
+    ax.set_ylabel("IoU difference (points)")
+    first = got[(row, seeds[0])]
+    ax.set_title(
+        f"{first.get('row_label', row)} minus {got[(reference, seeds[0])].get('row_label', reference)} on "
+        f"{first.get('dataset_label', dataset)} (seeds {', '.join(map(str, seeds))})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def qualitative_figure(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    predictions: dict[str, Sequence[Any]],
+    palette: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    titles: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    changes: tuple[str, str] | None = None,
+):
+    """One row per frame: the image, the ground truth, then each model's prediction with the share of
+    correctly labelled (non-ignored) pixels in its title; optionally a last column of what changed.
+
+    Args:
+        images: (3, H, W) tensors or (H, W, 3) arrays.
+        labels: (H, W) class ids (``ignore_index`` = void).
+        predictions: {model name: one (H, W) class-id map per frame}.
+        palette: one RGB colour per class.
+        classes: class names (for the legend).
+        titles: one title per frame for the image column (default: "frame i").
+        changes: ``(a, b)``, two keys of ``predictions``: add a column where green marks the pixels ``b``
+            labels correctly and ``a`` does not, red the reverse, grey the void pixels; its title gives both
+            shares in % of the scored pixels.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .notebook import colorize_labels, to_numpy_image
+
+    n, ncols = len(images), 2 + len(predictions) + (changes is not None)
+    fig, axes = plt.subplots(n, ncols, figsize=(3.2 * ncols, 2.45 * n + 0.5), squeeze=False)
+    for i in range(n):
+        label = np.asarray(labels[i])
+        valid = label != ignore_index
+        panels = [(to_numpy_image(images[i]), titles[i] if titles else f"frame {i}")]
+        panels.append((colorize_labels(label, palette, ignore_index), "ground truth"))
+        for name, preds in predictions.items():
+            pred = np.asarray(preds[i])
+            acc = 100 * float((pred[valid] == label[valid]).mean()) if valid.any() else float("nan")
+            panels.append((colorize_labels(pred, palette, ignore_index), f"{name}: {acc:.1f} % px correct"))
+        if changes is not None:
+            right_a, right_b = (np.asarray(predictions[k][i]) == label for k in changes)
+            fixed, broken = right_b & ~right_a & valid, right_a & ~right_b & valid
+            change = np.ones((*label.shape, 3))
+            change[fixed], change[broken], change[~valid] = (
+                (0.1, 0.65, 0.2),
+                (0.85, 0.1, 0.1),
+                (0.7, 0.7, 0.7),
+            )
+            share = 100 / max(1, int(valid.sum()))
+            panels.append(
+                (
+                    change,
+                    f"{changes[0]} -> {changes[1]}: fixed {share * fixed.sum():.1f} %, "
+                    f"broken {share * broken.sum():.1f} %",
+                )
+            )
+        for ax, (img, title) in zip(axes[i], panels, strict=True):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=8.5)
+            ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=np.asarray(c) / 255) for c in palette]
+    fig.legend(
+        handles, list(classes), loc="lower center", ncol=min(len(classes), 11), fontsize=7.5, frameon=False
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def speedup_decomposition(
+    bench: dict[str, Any], fast: str = "glare", slow: str = "naive_fp32", target: float = 2.5
+) -> dict[str, Any]:
+    """Why the ``fast`` step is as much faster than the ``slow`` one as it is, from the benchmark alone.
+
+    With ``F`` the FLOPs of a step, ``P`` the measured matmul peak of its precision and ``e`` the fraction of
+    that peak the step reaches (``t = F / (e P)``), the measured speedup factors exactly into
+
+        speedup = (P_fast / P_slow) * (e_fast / e_slow) * (F_slow / F_fast).
+
+    Returns:
+        ``speedup`` (measured images/s ratio), ``peak_ratio``, ``efficiency_ratio``, ``flops_ratio``,
+        ``product`` (of the three; equals ``speedup``), ``efficiency_fast`` and ``efficiency_slow``,
+        ``target``, ``required_efficiency_fast`` (the fraction of its peak the fast step would need for
+        ``target`` with everything else as measured) and ``bound_at_full_peak`` (the speedup if the fast step
+        ran at 100 % of its peak).
+    """
+    v = bench["variants"]
+    f, s = v[fast], v[slow]
+    peaks = bench["matmul_flops"]
+    peak_ratio = peaks[f["precision"]] / peaks[s["precision"]]
+    e_fast, e_slow = f["fraction_of_own_precision_matmul_peak"], s["fraction_of_own_precision_matmul_peak"]
+    flops_ratio = s["flops_per_step"] / f["flops_per_step"]
+    return {
+        "speedup": f["images_per_s"] / s["images_per_s"],
+        "peak_ratio": peak_ratio,
+        "efficiency_ratio": e_fast / e_slow,
+        "flops_ratio": flops_ratio,
+        "product": peak_ratio * (e_fast / e_slow) * flops_ratio,
+        "efficiency_fast": e_fast,
+        "efficiency_slow": e_slow,
+        "target": target,
+        "required_efficiency_fast": target * e_slow / (peak_ratio * flops_ratio),
+        "bound_at_full_peak": peak_ratio * flops_ratio / e_slow,
+    }
+
+
 __all__ = [
     "ablation_bars",
+    "comparison_lines",
     "efficiency_bars",
     "efficiency_markdown",
     "fmt_mean_std",
     "main_bars",
     "markdown_table",
+    "paired_difference",
     "per_class_bars",
+    "per_class_difference_bars",
+    "qualitative_figure",
     "read_bench",
+    "results_markdown",
+    "speedup_decomposition",
     "table_figures",
+    "table_status",
     "write_efficiency_markdown",
 ]
+
+
+# ============================================================================================ neighbours
+def neighbours_bars(
+    results_dir: str | Path | None = None, table: str = "neighbours", dataset: str | None = None
+):
+    """The PiPa / SSR table (chapter 10): light-decoder mIoU per set of extra training terms and backbone.
+
+    Left: mean ± std over seeds (error bars) of each (terms, backbone), every seed a dot. Right: the effect
+    of each term, seed-paired, on each backbone: mIoU(decoder + terms, seed s) - mIoU(decoder alone, seed s),
+    mean over the seeds both have finished, every seed a dot. Read from the cell JSONs alone.
+    """
+    import matplotlib.pyplot as plt
+
+    from .experiments import mean_std, method_label
+
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    summary = _summary(results_dir, table)
+    dataset = dataset or summary[0]["dataset"]
+    summary = [e for e in summary if e["dataset"] == dataset]
+    cells = [c for c in load_cells(results_dir, table) if c["dataset"] == dataset]
+    methods = _ordered(tuple(e.get("terms", ())) for e in summary)
+    backbones = [b for b in ("base", "adapted") if any(e.get("backbone", "base") == b for e in summary)]
+    names = {"base": "base", "adapted": "GLARE-adapted"}
+    miou = {
+        (tuple(c.get("terms", ())), c.get("backbone", "base"), c["seed"]): c["metrics"]["miou"] for c in cells
+    }
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / max(1, len(backbones))
+    for i, b in enumerate(backbones):
+        colour = f"C{i}"
+        for j, terms in enumerate(methods):
+            x = j + (i - (len(backbones) - 1) / 2) * width
+            vals = [100 * v for (t, bb, _), v in miou.items() if t == terms and bb == b]
+            if not vals:
+                continue
+            mean, std, n = mean_std(vals)
+            ax.errorbar(
+                x,
+                mean,
+                yerr=std or 0.0,
+                fmt="s",
+                color=colour,
+                capsize=4,
+                ms=7,
+                label=names[b] if j == 0 else None,
+            )
+            ax.plot([x + 0.08] * n, vals, ".", color=colour, alpha=0.6)
+            ax.annotate(
+                f"{mean:.1f}", (x, mean), textcoords="offset points", xytext=(-22, 0), fontsize=7, va="center"
+            )
+        for j, terms in enumerate(methods[1:], start=1):
+            seeds = sorted({s for (t, bb, s) in miou if t == terms and bb == b and ((), b, s) in miou})
+            diffs = [100 * (miou[(terms, b, s)] - miou[((), b, s)]) for s in seeds]
+            if not diffs:
+                continue
+            x = j - 1 + (i - (len(backbones) - 1) / 2) * width
+            ax2.bar(
+                x, sum(diffs) / len(diffs), width, color=colour, alpha=0.5, label=names[b] if j == 1 else None
+            )
+            ax2.plot([x] * len(diffs), diffs, ".", color=colour)
+    ax.set_xticks(range(len(methods)), [method_label(t, short=True) for t in methods], fontsize=8)
+    ax.set_ylabel("mIoU on val (%)")
+    ns = sorted({e["n"] for e in summary})
+    ax.set_title(
+        f"{summary[0]['dataset_label']}: light decoder (mean ± std over {'/'.join(map(str, ns))} "
+        "seed(s); dots: seeds)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    ax2.axhline(0, color="k", lw=0.8)
+    effects = [method_label(t, short=True) for t in methods[1:]] or [""]
+    ax2.set_xticks(range(len(effects)), effects, fontsize=8)
+    ax2.set_ylabel("mIoU difference (points)")
+    ax2.set_title("effect of the term: minus the decoder alone (same seed)", fontsize=9)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+__all__.append("neighbours_bars")

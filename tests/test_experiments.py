@@ -240,8 +240,9 @@ def test_table_definitions():
         if cell.row.data_fraction == 1.0:
             ex.train_config(cell)  # every override is a valid config key and value
 
+    placeholder = ex.Table("later", "a later table", kind="placeholder", note="needs code")
     with pytest.raises(ex.NotYetAvailableError, match="not yet available"):
-        ex.run_table(ex.get_table("neighbours"), "unused", "unused")
+        ex.run_table(placeholder, "unused", "unused")
     with pytest.raises(ValueError, match="unknown table"):
         ex.get_table("nope")
 
@@ -258,10 +259,14 @@ def test_cli_list_dry_run_and_report(tmp_path, capsys):
     results = tmp_path / "results"
     assert cli_main(["experiment", "list", "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "main:" in out and "[ ] glare__idd_lite367__seed2" in out and "neighbours" in out
+    assert "main:" in out and "[ ] glare__idd_lite367__seed2" in out
+    assert "neighbours:" in out and "[ ] ssr_glare__camvid__seed2" in out and "18 cells, 0 done" in out
     assert cli_main(["experiment", "main", "--dry-run", "--results", str(results)]) == 0
     assert "UNMEASURED" in capsys.readouterr().out  # no timings recorded in this folder
-    assert cli_main(["experiment", "neighbours", "--results", str(results)]) == 3
+    runs = ["--runs", str(tmp_path / "runs")]
+    assert cli_main(["experiment", "neighbours", "--dry-run", "--results", str(results), *runs]) == 0
+    out = capsys.readouterr().out
+    assert "[todo] pipa_glare__camvid__seed1" in out and "UNMEASURED: decoder step" in out
     write_cell(tmp_path / "results" / "hand" / "cells", "glare", 0, 0.5, {"road": 0.5})
     assert cli_main(["experiment", "report", "--results", str(results), "--no-figures"]) == 0
     assert (results / "hand" / "summary.md").exists()
@@ -296,3 +301,148 @@ def test_foreign_run_folder_is_refused(tmp_path):
     assert str(run_dir) in str(err.value)
     assert ex.with_threads(table, 2).threads == 2
     assert ex.train_config(ex.with_threads(table, 2).cells()[0]).num_threads == 2
+
+
+# ------------------------------------------------------------------------------------------- neighbours
+def test_neighbours_grid_and_adapter_source():
+    """Decoder / + PiPa / + SSR x {base, GLARE-adapted} x 3 seeds on CamVid; the adapted backbone of seed k is
+    the main table's glare cell of seed k: same config, same run folder, same CamVid split."""
+    table, main = ex.get_table("neighbours"), ex.get_table("main")
+    assert table.kind == "segmentation" and table.datasets == (ex.CAMVID,) and table.seeds == (0, 1, 2)
+    assert [r.name for r in table.rows] == [
+        f"{m}_{b}" for b in ("base", "glare") for m in ("decoder", "pipa", "ssr")
+    ]
+    assert len(table.cells()) == 18 and len({c.key for c in table.cells()}) == 18
+    terms = {r.name.split("_")[0]: r.terms for r in table.rows}
+    assert terms == {"decoder": (), "pipa": ("pixel_contrast", "patch_consistency"), "ssr": ("ssr",)}
+    for cell in table.cells():
+        seg = ex.seg_config(cell)
+        assert seg.size == (448, 336) and seg.seed == cell.seed and seg.label_scale == 0.5
+        assert seg.steps == ex.NEIGHBOUR_SEG["steps"] and seg.hidden_dim == 256 and not seg.progress
+        src = ex.adapter_cell(cell)
+        if not cell.row.pretrain:
+            assert src is cell
+            continue
+        glare = next(c for c in main.cells() if c.key == f"glare__camvid__seed{cell.seed}")
+        assert src.key == glare.key and src.run_dir(ex.RUNS_DIR) == glare.run_dir(ex.RUNS_DIR)
+        assert ex.train_config(src).to_dict() == ex.train_config(glare).to_dict()
+        assert src.dataset == glare.dataset == cell.dataset
+    two = ex.with_threads(table, 2)
+    src = ex.adapter_cell(two.cells()[3])
+    assert src.table.threads == 2 and ex.train_config(src).num_threads == 2
+    smoke = ex.smoke_table(table)
+    assert [c.key for c in smoke.cells()] == [c.key for c in table.cells()]
+    src = ex.adapter_cell(smoke.cells()[3], smoke=True)
+    assert (
+        ex.train_config(src, smoke=True).base == "random:test_vit"
+        and ex.seg_config(smoke.cells()[0]).steps < 100
+    )
+
+
+def test_inference_parameter_check_counts_the_decoder_only():
+    from glare_core.probe import DecoderProbe
+    from glare_core.ssr import SSRFusion
+
+    decoder = sum(p.numel() for p in DecoderProbe(24, 5, 16).parameters())
+    ssr = sum(p.numel() for p in SSRFusion(16, 12, 4).parameters())
+    check = ex.inference_parameter_check(24, 5, 16, ("ssr",), frozen_dim=12, ssr_heads=4)
+    assert check["inference"] == check["decoder"] == decoder
+    assert check["training_only"] == ssr and check["training_only_used_at_inference"] == 0
+    pipa = ex.inference_parameter_check(24, 5, 16, ex.PIPA, pixel_dim=8, patch_dim=8)
+    assert pipa["inference"] == decoder and pipa["training_only"] == 2 * (16 * 8 + 8)
+    assert pipa["modules"] == {"proj_pixel": 136, "proj_patch": 136}
+    assert ex.inference_parameter_check(24, 5, 16, ())["training_only"] == 0
+
+
+def test_neighbours_smoke_end_to_end(tmp_path, monkeypatch):
+    table = ex.dataclasses.replace(ex.smoke_table(ex.get_table("neighbours")), seeds=(0,))
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    records = ex.run_table(table, results, runs, smoke=True)
+    assert [r["row"] for r in records] == [r.name for r in table.rows]
+    by = {r["row"]: r for r in records}
+    # the adapted rows share the smoke main table's glare pre-training of seed 0: trained once, then reused
+    run_dir = runs / "main" / "glare__camvid__seed0"
+    assert (run_dir / "adapter.safetensors").exists()
+    modes = [by[f"{m}_glare"]["pretrain"]["mode"] for m in ("decoder", "pipa", "ssr")]
+    assert modes == ["new", "reused", "reused"]
+    assert by["ssr_glare"]["config"]["adapter_source"] == "main/glare__camvid__seed0"
+    assert by["decoder_base"]["pretrain"] is None and by["decoder_base"]["metrics"]["trainable_params"] == 0
+    assert by["decoder_glare"]["metrics"]["trainable_params"] > 0
+    decoder_params = by["decoder_base"]["metrics"]["inference_params"]
+    for r in records:
+        m, check = r["metrics"], r["inference_check"]
+        assert 0 <= m["miou"] <= 1 and set(m["per_class_iou"]) == set(r["evaluation"]["classes"])
+        assert r["git_commit"] and r["machine"]["cpu"] and r["wall_time_s"] > 0
+        assert r["config"]["segmentation"]["seed"] == 0 and r["terms"] == list(table.row(r["row"]).terms)
+        # no row adds a parameter at inference: every one predicts with the decoder alone
+        assert m["inference_params"] == check["inference"] == decoder_params
+        assert check["training_only_used_at_inference"] == 0 and check["matches_trained_model"]
+        assert (m["training_only_params"] > 0) == bool(r["terms"])
+    assert "no adapter" in by["ssr_glare"]["config"]["ssr_encoder"]
+    assert "itself" in by["ssr_base"]["config"]["ssr_encoder"]
+    assert (
+        by["ssr_base"]["inference_check"]["modules"]["ssr"]
+        == by["ssr_base"]["metrics"]["training_only_params"]
+    )
+
+    folder = results / "neighbours"
+    md = (folder / "summary.md").read_text()
+    assert md.count("\n| ") == 5 and "| + SSR branch (training only) |" in md and " 1 / 1 |" in md
+    assert (folder / "neighbours_miou.png").stat().st_size > 0 and (
+        folder / "per_class_iou_camvid.png"
+    ).exists()
+    with open(folder / "summary.csv") as f:
+        rows = {r["row"]: r for r in csv.DictReader(f)}
+    assert float(rows["pipa_glare"]["miou_mean"]) == pytest.approx(by["pipa_glare"]["metrics"]["miou"])
+    assert float(rows["ssr_base"]["training_only_params_mean"]) > 0
+    timings = ex.read_timings(results)
+    assert len(timings["segmentation"]) == 3  # one key per term set
+
+    # rerun: nothing runs; the plan sees every cell done and current; another protocol marks them stale
+    monkeypatch.setattr(ex, "run_cell", lambda *a, **k: pytest.fail("a finished cell was run again"))
+    assert ex.run_table(table, results, runs, smoke=True) == []
+    plan = ex.plan(table, results, smoke=True, runs_dir=runs)
+    assert plan.count("[done]") == 6 and "STALE" not in plan
+    changed = ex.dataclasses.replace(table, segmentation={"smoke": True, "steps": 7})
+    assert "STALE: segmentation steps=" in ex.plan(changed, results, smoke=True, runs_dir=runs)
+    written = ex.report(results, figures=False)
+    assert "neighbours/summary.md" in written
+
+
+def test_neighbours_plan_counts_shared_work_once(tmp_path):
+    table = ex.smoke_table(ex.get_table("neighbours"))
+    results = tmp_path / "results"
+    cell = table.cells()[0]
+    seg = ex.seg_config(cell).to_dict()
+    for terms in ((), ex.PIPA, ("ssr",)):
+        ex.record_timing(
+            results, "segmentation", ex.segmentation_timing_key("camvid", seg, terms, 1), 0.5, "t"
+        )
+    ex.record_timing(results, "features", ex.features_timing_key("camvid", seg), 30.0, "t")
+    src = ex.adapter_cell(table.cells()[3], smoke=True)
+    ex.record_timing(results, "pretrain", ex.cost_key(ex.train_config(src, smoke=True)), 2.0, "t")
+    plan = ex.plan(table, results, smoke=True, runs_dir=tmp_path / "runs").splitlines()
+    lines = {line.split()[1].rstrip(":"): line for line in plan if "[todo]" in line}
+    decoder_s = 0.5 * ex.seg_config(cell).steps
+    assert "~0.8 min" in lines["decoder_base__camvid__seed0"]  # 30 s features + 20 s decoder
+    assert f"~{decoder_s / 60:.1f} min" in lines["pipa_base__camvid__seed0"]  # features cached by then
+    steps = ex.train_config(src, smoke=True).steps
+    assert f"pretrain {2.0 * steps / 60:.1f} min" in lines["decoder_glare__camvid__seed0"]
+    assert "pretrain reused" in lines["pipa_glare__camvid__seed0"]
+    assert "UNMEASURED" not in "\n".join(plan)
+
+
+def test_busy_run_folder_is_refused(tmp_path):
+    import os
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ex._refuse_busy_run(run_dir)  # empty: fine
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ex.ResultFileError, match="another process") as err:
+        ex._refuse_busy_run(run_dir)
+    assert str(run_dir) in str(err.value) and "Fix:" in str(err.value)
+    old = time.time() - ex.BUSY_SECONDS - 5
+    os.utime(run_dir / "metrics.jsonl", (old, old))
+    ex._refuse_busy_run(run_dir)  # stale: resumable

@@ -354,6 +354,8 @@ def console_problems(events: list[dict]) -> list[str]:
             problems.append(f"uncaught exception: {text[:200]}")
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             entry = params["entry"]
+            if entry.get("url", "").endswith("/favicon.ico"):
+                continue  # the browser's own guess for a page that names no icon, not a page's request
             problems.append(
                 f"console error ({entry.get('source')}): {entry.get('text', '')[:160]} {entry.get('url', '')}"
             )

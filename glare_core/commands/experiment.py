@@ -7,7 +7,9 @@ results/<table>/cells/; a cell whose JSON exists is skipped, an interrupted pre-
 checkpoint. Stop with Ctrl-C at any time and run the same command again to continue.
 
 Tables: main (5 rows x CamVid, IDD-Lite-367 x 3 seeds), ablations (12 rows x CamVid x 1 seed), efficiency
-(glare bench -> results/efficiency/bench.json), neighbours (PiPa / SSR: not yet available).
+(glare bench -> results/efficiency/bench.json), neighbours (a light decoder alone, + PiPa's losses, + SSR's
+training-only branch, on the base and on the GLARE-adapted backbone x CamVid x 3 seeds; the adapted backbone
+of seed k is the main table's glare cell of seed k, reused from runs/experiments/main/ or pre-trained there).
 
 Examples:
   glare experiment list                           # every table's cells and which are done
@@ -17,6 +19,8 @@ Examples:
   glare experiment main --only base__camvid       # just the matching cells
   glare experiment report                         # tables (CSV, markdown) and PNG figures from results/
   glare experiment ablations --smoke              # the whole table in seconds, into a temporary folder
+  glare experiment neighbours --measure           # time 20 light-decoder steps per term set (base features)
+  glare experiment neighbours --dry-run           # plan: which adapters are reused, decoder time per cell
 """
 
 from __future__ import annotations
@@ -48,9 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--measure",
         action="store_true",
-        help="time a few pre-training steps per distinct row setting into results/timings.json, then stop",
+        help="time a few pre-training steps per distinct row setting (neighbours: light-decoder steps per "
+        "term set) into results/timings.json, then stop",
     )
-    parser.add_argument("--measure-steps", type=int, default=4, help="steps per --measure run (default 4)")
+    parser.add_argument(
+        "--measure-steps", type=int, default=None, help="steps per --measure run (default 4; neighbours 20)"
+    )
     parser.add_argument("--no-figures", action="store_true", help="report: CSV and markdown only")
     parser.add_argument(
         "--threads",
@@ -86,10 +93,14 @@ def run(args: argparse.Namespace) -> int:
         if args.threads:
             table = ex.with_threads(table, args.threads)
         if args.dry_run:
-            print(ex.plan(table, results, smoke))
+            print(ex.plan(table, results, smoke, runs_dir=runs))
             return 0
         if args.measure:
-            times = ex.measure_step_times(table, results, steps=args.measure_steps, smoke=smoke)
+            if table.kind == "segmentation":
+                steps = args.measure_steps or 20
+                times = ex.measure_segmentation_times(table, results, steps=steps, smoke=smoke)
+            else:
+                times = ex.measure_step_times(table, results, steps=args.measure_steps or 4, smoke=smoke)
             for key, sec in times.items():
                 print(f"{key}: {sec:.2f} s/step")
             return 0
