@@ -9,9 +9,13 @@ pre-training.
    last block (or the last four blocks concatenated), cached on disk (:mod:`glare_core.features`).
 2. Train the head on the training split's features, labels resized (nearest) to the probe resolution
    (:func:`glare_core.probe.train_probe`).
-3. Predict the validation split at full label resolution (logits upsampled bilinearly to each label's size)
-   and accumulate one confusion matrix (:mod:`glare_core.metrics`: mIoU over classes present in ground truth
-   or prediction).
+3. Predict the validation split at full label resolution and accumulate one confusion matrix
+   (:mod:`glare_core.metrics`: mIoU over classes present in ground truth or prediction). Two inference modes:
+   ``"resize"`` (default; the whole image resized to the probe resolution, logits upsampled bilinearly to the
+   label's size) and ``"slide"`` (:func:`sliding_window_logits`: windows of the probe resolution slid over
+   the image at its label resolution times ``slide_scale``, overlapping logits averaged, as in
+   mmsegmentation's ``slide`` test mode). Sliding costs more forwards per image and bypasses the feature
+   cache for validation.
 
 The result is a JSON-able dict that records the whole configuration, the backbone's fingerprint, the datasets
 and the timings; :func:`save_result` writes it atomically.
@@ -29,13 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .backbone import Backbone, create_backbone
 from .features import backbone_fingerprint, extract_features, probe_size, show_progress
-from .metrics import segmentation_scores
+from .metrics import ConfusionMatrix, segmentation_scores
 from .paths import smoke_mode
 from .probe import build_head, evaluate_head, train_probe
+
+#: How the validation split is predicted (``ProbeConfig.inference``).
+INFERENCE_MODES = ("resize", "slide")
 
 
 @dataclass
@@ -67,6 +76,11 @@ class ProbeConfig:
         amp: bf16 autocast on CPU / fp16 on CUDA during extraction.
         cache: keep extracted features in the on-disk cache (``paths.cache_dir()/features``).
         num_workers: DataLoader workers for image decoding.
+        inference: ``"resize"`` (default) or ``"slide"`` (see the module docstring).
+        slide_scale: ``"slide"`` only: the image is resized to its label resolution times this factor (each
+            side at least the window's) before the windows slide over it.
+        slide_stride: ``"slide"`` only: the stride between windows as a fraction of the window (default 2/3,
+            mmsegmentation's 341 / 512).
     """
 
     size: tuple[int, int] = (448, 336)
@@ -87,7 +101,22 @@ class ProbeConfig:
     amp: bool = True
     cache: bool = True
     num_workers: int = 0
+    inference: str = "resize"
+    slide_scale: float = 1.0
+    slide_stride: float = 2 / 3
     progress: bool | None = field(default=None, metadata={"record": False})
+
+    def __post_init__(self) -> None:
+        if self.inference not in INFERENCE_MODES:
+            raise ValueError(
+                f"ProbeConfig.inference must be one of {INFERENCE_MODES}, got {self.inference!r}"
+            )
+        if not 0 < self.slide_stride <= 1:
+            raise ValueError(
+                f"ProbeConfig.slide_stride is a fraction of the window in (0, 1], got {self.slide_stride}"
+            )
+        if self.slide_scale <= 0:
+            raise ValueError(f"ProbeConfig.slide_scale must be positive, got {self.slide_scale}")
 
     @classmethod
     def smoke(cls, **overrides) -> ProbeConfig:
@@ -160,7 +189,9 @@ def evaluate_backbone(
     )
     start = time.perf_counter()
     train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
-    val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
+    val = None
+    if cfg.inference == "resize":
+        val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
 
     torch.manual_seed(cfg.seed)
     head = build_head(cfg.head, train.features.shape[1], num_classes, cfg.hidden_dim)
@@ -182,7 +213,10 @@ def evaluate_backbone(
         progress=show_progress(cfg.progress),
     )
     t1 = time.perf_counter()
-    cm = evaluate_head(head, val.features, val.labels, num_classes, cfg.eval_batch_size, ignore_index)
+    if val is not None:
+        cm = evaluate_head(head, val.features, val.labels, num_classes, cfg.eval_batch_size, ignore_index)
+    else:
+        cm = evaluate_sliding(backbone, head, val_ds, cfg, train.layers, num_classes, ignore_index)
     t2 = time.perf_counter()
     backbone.train(was_training)
 
@@ -204,9 +238,9 @@ def evaluate_backbone(
         "datasets": {"train": _dataset_info(train_ds), "val": _dataset_info(val_ds)},
         "timings": {
             "train_features_s": train.seconds,
-            "val_features_s": val.seconds,
+            "val_features_s": val.seconds if val is not None else 0.0,  # sliding: inside probe_eval_s
             "train_features_cached": train.cached,
-            "val_features_cached": val.cached,
+            "val_features_cached": val.cached if val is not None else False,
             "probe_train_s": t1 - t0,
             "probe_eval_s": t2 - t1,
             "total_s": t2 - start,
@@ -220,6 +254,116 @@ def evaluate_backbone(
             "platform": platform.platform(),
         },
     }
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``window`` pixels, ``stride`` apart, covering ``length`` pixels; the last
+    window ends exactly at the border (it may overlap its neighbour more). ``length <= window``: ``[0]``."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, max(1, stride)))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+@torch.no_grad()
+def sliding_window_logits(
+    backbone: Backbone,
+    head: torch.nn.Module,
+    image: torch.Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    layers: list[int],
+    amp: bool = True,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Class logits of one image from windows slid over it (mmsegmentation's ``slide`` inference).
+
+    Each window of ``window`` pixels goes through the frozen backbone and the head; its logits, upsampled
+    bilinearly to the window's pixels, are added into a full-size sum, and every pixel's sum is divided by the
+    number of windows that covered it.
+
+    Args:
+        backbone: the frozen backbone (eval mode).
+        head: the trained probe head (eval mode).
+        image: (3, H, W) float in [0, 1]; sides smaller than the window are resized up to it first.
+        window: (h, w) window size in pixels, multiples of the patch size.
+        stride: (sh, sw) step between windows in pixels.
+        layers: block indices whose tokens feed the head (as in training).
+        amp: bf16 autocast on CPU / fp16 on CUDA for the backbone.
+        batch_size: windows per backbone forward.
+
+    Returns:
+        (K, H', W') float32 logits, (H', W') = (max(H, h), max(W, w)).
+    """
+    from .features import _forward_features, autocast_context
+
+    device = next(backbone.parameters()).device
+    wh, ww = window
+    H, W = max(image.shape[-2], wh), max(image.shape[-1], ww)
+    if (H, W) != tuple(image.shape[-2:]):
+        image = F.interpolate(image[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+    boxes = [(y, x) for y in window_starts(H, wh, stride[0]) for x in window_starts(W, ww, stride[1])]
+    total = count = None
+    for i in range(0, len(boxes), batch_size):
+        chunk = boxes[i : i + batch_size]
+        crops = torch.stack([image[:, y : y + wh, x : x + ww] for y, x in chunk]).to(device)
+        with autocast_context(device, amp):
+            feats = _forward_features(backbone, crops, layers)
+        logits = head(feats.float())  # (n, K, h, w)
+        logits = F.interpolate(logits, size=(wh, ww), mode="bilinear", align_corners=False).float().cpu()
+        if total is None:
+            total = torch.zeros(logits.shape[1], H, W)
+            count = torch.zeros(1, H, W)
+        for (y, x), lg in zip(chunk, logits):
+            total[:, y : y + wh, x : x + ww] += lg
+            count[:, y : y + wh, x : x + ww] += 1
+    return total / count
+
+
+@torch.no_grad()
+def evaluate_sliding(
+    backbone: Backbone,
+    head: torch.nn.Module,
+    val_ds: Dataset,
+    cfg: ProbeConfig,
+    layers: list[int],
+    num_classes: int,
+    ignore_index: int = 255,
+) -> ConfusionMatrix:
+    """The confusion matrix of ``head`` on ``val_ds``, predicted by :func:`sliding_window_logits`.
+
+    Each image is resized (bilinear, antialiased) to its label's resolution times ``cfg.slide_scale``; windows
+    of the probe resolution slide over it with stride ``cfg.slide_stride`` x window; the averaged logits are
+    resized to the label's resolution and argmaxed.
+    """
+    window = probe_size(cfg.size, backbone.patch_size)
+    stride = (max(1, round(window[0] * cfg.slide_stride)), max(1, round(window[1] * cfg.slide_stride)))
+    was_training = backbone.training
+    backbone.eval()
+    head.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for i in tqdm(range(len(val_ds)), desc="val (sliding)", disable=not show_progress(cfg.progress)):
+        item = val_ds[i]
+        label = item["label"]
+        image = item["image"]
+        image = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
+        size = (round(label.shape[-2] * cfg.slide_scale), round(label.shape[-1] * cfg.slide_scale))
+        if size != tuple(image.shape[-2:]):
+            image = F.interpolate(
+                image[None], size=size, mode="bilinear", align_corners=False, antialias=True
+            )[0]
+        logits = sliding_window_logits(
+            backbone, head, image.clamp(0, 1), window, stride, layers, cfg.amp, cfg.feature_batch_size
+        )
+        if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
+            logits = F.interpolate(
+                logits[None], size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False
+            )[0]
+        cm.update(logits.argmax(0)[None], label[None].long())
+    backbone.train(was_training)
+    return cm
 
 
 def save_result(result: dict, path: str | Path) -> Path:

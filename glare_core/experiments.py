@@ -984,6 +984,8 @@ def cell_done(cell: Cell, results_dir: Path) -> bool:
 
 #: Recorded config keys that do not change a cell's numbers (compared by :func:`stale_reason`).
 _PROBE_RUNTIME = ("cache", "num_workers", "feature_batch_size", "eval_batch_size")
+#: Probe fields added after cells were recorded, with the value that reproduces what those cells did.
+_PROBE_ADDED = {"inference": "resize", "slide_scale": 1.0, "slide_stride": 2 / 3}
 _SEG_RUNTIME = ("cache", "feature_batch_size", "eval_batch_size")
 
 
@@ -1007,6 +1009,7 @@ def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | No
     else:
         want = probe_config(cell).to_dict()
         got = record["config"].get("probe") or {}
+        got = {**_PROBE_ADDED, **got}
         diff = sorted(k for k in want if k not in _PROBE_RUNTIME and got.get(k) != want[k])
         if diff:
             return "probe " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)

@@ -11,8 +11,15 @@ import torch.nn.functional as F
 
 from glare_core.backbone import create_backbone
 from glare_core.data import build_dataset
-from glare_core.evaluation import ProbeConfig, apply_adapter, evaluate_backbone, save_result
-from glare_core.features import extract_features, probe_size, resolve_layers
+from glare_core.evaluation import (
+    ProbeConfig,
+    apply_adapter,
+    evaluate_backbone,
+    save_result,
+    sliding_window_logits,
+    window_starts,
+)
+from glare_core.features import _forward_features, extract_features, probe_size, resolve_layers
 from glare_core.probe import build_head, evaluate_head, train_probe
 from glare_core.teacher import ADAPTER_FORMAT
 
@@ -181,3 +188,70 @@ def test_evaluate_command_subprocess_smoke(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["datasets"]["val"]["name"] == "synthetic"
+
+
+def test_window_starts_cover_the_image_and_end_at_the_border():
+    assert window_starts(100, 32, 21) == [0, 21, 42, 63, 68]
+    assert window_starts(64, 32, 32) == [0, 32]
+    assert window_starts(32, 32, 21) == [0]
+    assert window_starts(20, 32, 21) == [0]  # smaller than the window: one window (the image is resized up)
+
+
+def test_probe_config_rejects_an_unknown_inference_mode():
+    with pytest.raises(ValueError, match="inference"):
+        ProbeConfig(inference="tile")
+    with pytest.raises(ValueError, match="slide_stride"):
+        ProbeConfig(slide_stride=0)
+
+
+def _window_logits(backbone, head, crop, layers):
+    """Reference for one window: backbone -> head -> logits upsampled to the window, in fp32."""
+    feats = _forward_features(backbone, crop[None], layers)
+    return F.interpolate(head(feats.float()), size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
+
+
+def test_sliding_window_logits_average_the_overlapping_windows():
+    torch.manual_seed(0)
+    backbone = create_backbone("test_vit").eval()
+    patch = backbone.patch_size
+    layers = resolve_layers("last", backbone.depth)
+    head = build_head("linear", backbone.embed_dim, 5).eval()
+    image = torch.rand(3, 2 * patch, 3 * patch)
+    window = (2 * patch, 2 * patch)
+    # two windows, x in [0, 2p) and [p, 3p): the middle third is covered twice
+    logits = sliding_window_logits(backbone, head, image, window, (patch, patch), layers, amp=False)
+    assert logits.shape == (5, 2 * patch, 3 * patch)
+    with torch.no_grad():
+        left = _window_logits(backbone, head, image[:, :, : 2 * patch], layers)
+        right = _window_logits(backbone, head, image[:, :, patch:], layers)
+    expected = torch.zeros_like(logits)
+    expected[:, :, :patch] = left[:, :, :patch]
+    expected[:, :, patch : 2 * patch] = (left[:, :, patch:] + right[:, :, :patch]) / 2
+    expected[:, :, 2 * patch :] = right[:, :, patch:]
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    # one window the size of the image is the resize path's prediction
+    whole = sliding_window_logits(
+        backbone, head, image, tuple(image.shape[-2:]), (patch, patch), layers, False
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(whole, _window_logits(backbone, head, image, layers), atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_inference_with_one_window_per_image_matches_resize_inference(cache):
+    train, val = synthetic("train", 16), synthetic("val", 6)
+    backbone = create_backbone("test_vit")
+    results = {}
+    for mode in ("resize", "slide"):
+        torch.manual_seed(0)
+        # 64x64 labels x 0.5 = 32x32 images = one 32x32 window: the same pixels the resize path sees
+        cfg = ProbeConfig.smoke(size=(32, 32), steps=30, inference=mode, slide_scale=0.5, amp=False)
+        results[mode] = evaluate_backbone(backbone, train, val, cfg)
+    assert results["slide"]["config"]["inference"] == "slide"
+    assert results["slide"]["miou"] == pytest.approx(results["resize"]["miou"], abs=2e-3)
+    assert results["slide"]["timings"]["val_features_s"] == 0.0
+    # several overlapping windows at full resolution: still a valid, complete prediction of every pixel
+    cfg = ProbeConfig.smoke(size=(32, 32), steps=30, inference="slide", slide_stride=0.5, amp=False)
+    result = evaluate_backbone(backbone, train, val, cfg)
+    total = sum(sum(row) for row in result["confusion_matrix"])
+    labels = torch.stack([val[i]["label"] for i in range(len(val))])
+    assert total == int((labels != 255).sum())

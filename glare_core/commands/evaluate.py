@@ -5,12 +5,14 @@ The protocol (``glare_core.evaluation``): images resized to --size (default 448x
 patch multiple), frozen patch tokens of the last block (--layers last4: the last four, concatenated), cached
 on disk; a BatchNorm + 1x1 conv head (--head decoder: a light conv decoder) trained on the training split for
 --steps steps with a fixed --seed; mIoU, per-class IoU and pixel accuracy on the validation split at full
-label resolution. Every compared backbone must use the same options.
+label resolution (--inference slide: probe-sized windows slid over each image, logits averaged). Every
+compared backbone must use the same options.
 
 Examples:
   glare evaluate --base dinov2_vits14_imgfocus --dataset camvid --out results/base.json
   glare evaluate --base dinov2_vits14_imgfocus --adapter runs/glare/adapter.safetensors --dataset camvid --knn
   glare evaluate --base random:test_vit --dataset synthetic --steps 50 --size 112x84
+  glare evaluate --dataset camvid --inference slide --slide-scale 1.5   # windows over 720x540 frames
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training-loss resolution factor (default 1.0; 0.5 is ~4x cheaper)",
     )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation of the probe")
+    parser.add_argument(
+        "--inference",
+        choices=("resize", "slide"),
+        default=None,
+        help="validation prediction: resize the whole image (default) or slide probe-sized windows over it",
+    )
+    parser.add_argument(
+        "--slide-scale",
+        type=float,
+        default=None,
+        help="slide: image resized to its label resolution times this factor first (default 1.0)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument(
         "--knn", action="store_true", help="also measure k-NN top-1 on Tiny-ImageNet (forgetting)"
@@ -74,7 +88,7 @@ def _config(args: argparse.Namespace):
         overrides["head"] = args.head
     if args.size is not None:
         overrides["size"] = parse_size(args.size)
-    for name in ("steps", "batch_size", "lr", "seed", "label_scale"):
+    for name in ("steps", "batch_size", "lr", "seed", "label_scale", "inference", "slide_scale"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.no_flip:
