@@ -84,6 +84,18 @@ def test_tiny_table_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
     changed = ex.dataclasses.replace(table, probe={**table.probe, "lr": 0.5})
     assert "STALE: probe lr=" in ex.plan(changed, tmp_path / "results", smoke=True)
     assert run(changed, tmp_path) == []
+    # A cell recorded before a probe field existed is current when the field's default reproduces it ...
+    path = results / "cells" / "base__syn__seed0.json"
+    record = json.loads(path.read_text())
+    for key in ("inference", "slide_scale", "slide_stride"):
+        record["config"]["probe"].pop(key)
+    path.write_text(json.dumps(record))
+    cell = next(c for c in table.cells() if c.key == "base__syn__seed0")
+    assert ex.stale_reason(cell, tmp_path / "results", smoke=True) is None
+    # ... and stale when the table asks for another value of it.
+    sliding = ex.dataclasses.replace(table, probe={**table.probe, "inference": "slide"})
+    cell = next(c for c in sliding.cells() if c.key == "base__syn__seed0")
+    assert "inference='resize'" in ex.stale_reason(cell, tmp_path / "results", smoke=True)
 
 
 def test_interrupted_pretraining_resumes(tmp_path, monkeypatch):
