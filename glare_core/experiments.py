@@ -647,6 +647,33 @@ def check_run_config(run_dir: Path, cfg) -> None:
         )
 
 
+def _cell_identity(cell: Cell, smoke: bool) -> dict[str, Any]:
+    """The fields that name a cell in its result JSON (first in every cell record)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "table": cell.table.name,
+        "row": cell.row.name,
+        "row_label": cell.row.label,
+        "row_group": cell.row.group,
+        "dataset": cell.dataset.name,
+        "dataset_label": cell.dataset.label,
+        "seed": cell.seed,
+        "smoke": smoke,
+    }
+
+
+def _cell_provenance(cell: Cell, started: str, t0: float) -> dict[str, Any]:
+    """Where and when a cell was computed: commit, machine, threads, start and end, wall time since ``t0``."""
+    return {
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "threads": cell.table.threads,
+        "started": started,
+        "finished": _now(),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+
+
 def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False) -> dict[str, Any]:
     """Run one cell end to end and write its JSON (atomically); returns the record."""
     if cell.table.kind == "segmentation":
@@ -701,15 +728,7 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
         "knn_seconds": knn["seconds"] if knn else None,
     }
     record = {
-        "schema": SCHEMA_VERSION,
-        "table": cell.table.name,
-        "row": cell.row.name,
-        "row_label": cell.row.label,
-        "row_group": cell.row.group,
-        "dataset": cell.dataset.name,
-        "dataset_label": cell.dataset.label,
-        "seed": cell.seed,
-        "smoke": smoke,
+        **_cell_identity(cell, smoke),
         "metrics": metrics,
         "config": {
             "base": base_name,
@@ -724,12 +743,7 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
         "pretrain": pre,
         "evaluation": {k: v for k, v in evaluation.items() if k not in ("per_class_iou", "config")},
         "knn": knn,
-        "git_commit": git_commit(),
-        "machine": machine(),
-        "threads": cell.table.threads,
-        "started": started,
-        "finished": _now(),
-        "wall_time_s": time.perf_counter() - t0,
+        **_cell_provenance(cell, started, t0),
     }
     save_result(record, cell.result_path(results_dir))
     return record
@@ -904,15 +918,7 @@ def run_segmentation_cell(
         "decoder_train_seconds": t["train_s"],
     }
     record = {
-        "schema": SCHEMA_VERSION,
-        "table": cell.table.name,
-        "row": cell.row.name,
-        "row_label": cell.row.label,
-        "row_group": cell.row.group,
-        "dataset": cell.dataset.name,
-        "dataset_label": cell.dataset.label,
-        "seed": cell.seed,
-        "smoke": smoke,
+        **_cell_identity(cell, smoke),
         "terms": list(terms),
         "backbone": "adapted" if cell.row.pretrain else "base",
         "metrics": metrics,
@@ -929,12 +935,8 @@ def run_segmentation_cell(
         "pretrain": pre,
         "inference_check": check,
         "evaluation": {k: v for k, v in result.items() if k not in ("per_class_iou", "config", "machine")},
-        "git_commit": git_commit(),
+        **_cell_provenance(cell, started, t0),
         "machine": {**machine(), "torch_threads": result["machine"]["threads"]},
-        "threads": cell.table.threads,
-        "started": started,
-        "finished": _now(),
-        "wall_time_s": time.perf_counter() - t0,
     }
     save_result(record, cell.result_path(results_dir))
     return record
