@@ -38,7 +38,14 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, create_backbone
-from .features import backbone_fingerprint, extract_features, probe_size, show_progress
+from .features import (
+    _forward_features,
+    autocast_context,
+    backbone_fingerprint,
+    extract_features,
+    probe_size,
+    show_progress,
+)
 from .metrics import ConfusionMatrix, segmentation_scores
 from .paths import smoke_mode
 from .probe import build_head, evaluate_head, train_probe
@@ -297,8 +304,6 @@ def sliding_window_logits(
     Returns:
         (K, H', W') float32 logits, (H', W') = (max(H, h), max(W, w)).
     """
-    from .features import _forward_features, autocast_context
-
     device = next(backbone.parameters()).device
     wh, ww = window
     H, W = max(image.shape[-2], wh), max(image.shape[-1], ww)
