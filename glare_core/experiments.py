@@ -1739,7 +1739,9 @@ def run_table(
 
 def run_bench(table: Table, results_dir: Path, smoke: bool = False) -> dict[str, Any]:
     """The efficiency table: :func:`glare_core.bench.benchmark` into ``<results>/<table>/bench.json``
-    (skipped when it exists)."""
+    (skipped when it exists; to measure another machine, first rename it to ``bench_<machine>.json``, which
+    chapter 11 and the report then show beside the new one). Five interleaved rounds: on a shared machine
+    three left the best round too dependent on one undisturbed step."""
     from .bench import benchmark
 
     out = Path(results_dir) / table.name / "bench.json"
@@ -1747,7 +1749,7 @@ def run_bench(table: Table, results_dir: Path, smoke: bool = False) -> dict[str,
         print(f"[experiment] {out} exists, skipped", flush=True)
         return json.loads(out.read_text())
     threads = table.threads or 1
-    kwargs = dict(base="random:test_vit", steps=1, batch_size=2) if smoke else dict(steps=3, threads=threads)
+    kwargs = dict(base="random:test_vit", steps=1, batch_size=2) if smoke else dict(steps=5, threads=threads)
     result = benchmark(out=out, **kwargs)
     result["git_commit"] = git_commit()
     result["smoke"] = smoke

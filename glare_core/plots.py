@@ -13,7 +13,7 @@ Every function here reads the cell JSONs written by :mod:`glare_core.experiments
   :func:`paired_difference` and :func:`comparison_lines` (seed-paired differences, as sentences generated
   from the data), :func:`per_class_difference_bars`, :func:`qualitative_figure`;
 * chapter 11 (efficiency): :func:`speedup_decomposition` (measured speedup = peak ratio x efficiency ratio x
-  FLOP ratio).
+  FLOP ratio) and :func:`machines_markdown` (the same benchmark on every machine it was run on).
 
 Each plotting function returns a ``matplotlib`` Figure (a notebook shows it; end the cell with ``plt.show()``)
 and accepts ``ax`` to draw into an existing axis. :func:`table_figures` writes the PNGs of ``glare experiment
@@ -193,9 +193,10 @@ def ablation_bars(
     return fig
 
 
-def read_bench(results_dir: str | Path | None = None) -> dict[str, Any]:
-    """``results/efficiency/bench.json`` (written by ``glare experiment efficiency``)."""
-    path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency" / "bench.json"
+def read_bench(results_dir: str | Path | None = None, name: str = "bench.json") -> dict[str, Any]:
+    """``results/efficiency/bench.json`` (written by ``glare experiment efficiency``), or another benchmark
+    file of that folder by ``name`` (an earlier machine's, e.g. ``bench_amd_epyc.json``)."""
+    path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency" / name
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
@@ -268,9 +269,54 @@ def efficiency_markdown(results_dir: str | Path | None = None) -> str:
     )
 
 
+def bench_files(results_dir: str | Path | None = None) -> list[str]:
+    """Names of the benchmark files in ``results/efficiency/``: ``bench.json`` first, then earlier machines'
+    ``bench_*.json`` in name order."""
+    folder = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency"
+    names = sorted(p.name for p in folder.glob("bench*.json"))
+    return sorted(names, key=lambda n: n != "bench.json")
+
+
+def machines_markdown(results_dir: str | Path | None = None, target: float = 2.5) -> str:
+    """One row per benchmark file: the machine, its bf16 / fp32 matmul peaks and their ratio, the GLARE and
+    naive fp32 steps' images/s, the speedup, the fraction of its own precision's peak each step reaches, and
+    the speedup if the GLARE step used its peak as well as the fp32 step does (peak ratio x FLOP ratio)."""
+    rows = []
+    for name in bench_files(results_dir):
+        b = read_bench(results_dir, name)
+        d = speedup_decomposition(b, target=target)
+        v, peaks = b["variants"], b["matmul_flops"]
+        rows.append(
+            [
+                f"`{name}`",
+                b["machine"].get("cpu", "?"),
+                f"{peaks['bf16'] / 1e9:.0f} / {peaks['fp32'] / 1e9:.0f}",
+                f"{d['peak_ratio']:.2f}",
+                f"{v['glare']['images_per_s']:.2f} / {v['naive_fp32']['images_per_s']:.2f}",
+                f"{d['speedup']:.2f}",
+                f"{100 * d['efficiency_fast']:.0f} % / {100 * d['efficiency_slow']:.0f} %",
+                f"{d['peak_ratio'] * d['flops_ratio']:.2f}",
+            ]
+        )
+    head = [
+        "file",
+        "CPU",
+        "matmul GFLOP/s bf16 / fp32",
+        "peak ratio",
+        "images/s GLARE / fp32",
+        "speedup",
+        "of own peak GLARE / fp32",
+        "speedup at equal efficiency",
+    ]
+    return markdown_table(head, rows)
+
+
 def write_efficiency_markdown(results_dir: str | Path | None = None) -> Path:
     path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency" / "efficiency.md"
-    path.write_text(efficiency_markdown(results_dir))
+    text = efficiency_markdown(results_dir)
+    if len(bench_files(results_dir)) > 1:
+        text += "\nThe same benchmark on every machine it ran on:\n\n" + machines_markdown(results_dir) + "\n"
+    path.write_text(text)
     return path
 
 
@@ -631,9 +677,11 @@ def speedup_decomposition(
 __all__ = [
     "ablation_bars",
     "comparison_lines",
+    "bench_files",
     "efficiency_bars",
     "efficiency_markdown",
     "fmt_mean_std",
+    "machines_markdown",
     "main_bars",
     "markdown_table",
     "paired_difference",

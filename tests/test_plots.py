@@ -225,3 +225,24 @@ def test_efficiency_table_and_bars_read_the_json(tmp_path):
     plt.close(fig)
     with pytest.raises(FileNotFoundError, match="glare experiment efficiency"):
         plots.read_bench(tmp_path / "nowhere")
+
+
+def test_machines_table_has_one_row_per_benchmark_file(tmp_path):
+    bench = bench_json(tmp_path)
+    # an earlier machine: fp32 peak 4x lower, everything else as in bench_json
+    other = json.loads(json.dumps(bench))
+    other["machine"]["cpu"] = "older cpu"
+    other["matmul_flops"]["fp32"] = 25e9
+    other["variants"]["naive_fp32"]["fraction_of_own_precision_matmul_peak"] = 16e9 / 25e9
+    (tmp_path / "efficiency" / "bench_older.json").write_text(json.dumps(other))
+    assert plots.bench_files(tmp_path) == ["bench.json", "bench_older.json"]
+    assert plots.read_bench(tmp_path, "bench_older.json")["machine"]["cpu"] == "older cpu"
+    lines = plots.machines_markdown(tmp_path).splitlines()
+    assert len(lines) == 4  # header, rule, two machines, the current one first
+    # peak ratio 2, speedup 2.5, GLARE 50 % of bf16 peak, naive 16/50 = 32 % of fp32, equal efficiency 2 x 0.8
+    assert lines[2] == (
+        "| `bench.json` | test cpu | 100 / 50 | 2.00 | 2.00 / 0.80 | 2.50 | 50 % / 32 % | 1.60 |"
+    )
+    assert lines[3] == (
+        "| `bench_older.json` | older cpu | 100 / 25 | 4.00 | 2.00 / 0.80 | 2.50 | 50 % / 64 % | 3.20 |"
+    )
