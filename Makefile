@@ -58,7 +58,7 @@ chromium:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 bench: setup
-	$(BIN)/glare bench --out results/bench.json
+	$(BIN)/glare bench --out runs/bench.json
 
 clean:
 	rm -rf _build .pytest_cache

@@ -4,10 +4,12 @@ Measures, in one run, for a ViT-S at 224 px: images/s, peak memory and achieved 
 (bf16 autocast), (b) the DINO-only continual pre-training step, (c) a naive fp32 eager GLARE step; and this
 machine's own bf16 and fp32 matmul throughput (2048 x 2048), so the step's FLOP/s (counted with
 torch.utils.flop_counter) is reported as a fraction of a peak measured in the same run. Each step variant runs
-in its own subprocess (its own peak memory). Takes a few minutes on 2 CPU cores with --steps 3.
+in its own subprocess (its own peak memory). Takes a few minutes on 2 CPU cores with --steps 3. The book's
+benchmark (chapter 11) is the same measurement run by `glare experiment efficiency`, which adds the git commit
+and writes results/efficiency/bench.json.
 
 Example:
-  glare bench --out results/bench.json --steps 3
+  glare bench --out runs/bench.json --steps 5
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ HELP = "benchmark the GLARE training step (img/s, memory, FLOP/s vs measured mat
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
-        "--out", default="results/bench.json", help="JSON output file (default: results/bench.json)"
+        "--out", default="runs/bench.json", help="JSON output file (default: runs/bench.json)"
     )
     parser.add_argument(
         "--base",
