@@ -193,10 +193,15 @@ def ablation_bars(
     return fig
 
 
+def _efficiency_dir(results_dir: str | Path | None) -> Path:
+    """``<results>/efficiency`` (``results/`` of the repository when ``results_dir`` is None)."""
+    return (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency"
+
+
 def read_bench(results_dir: str | Path | None = None, name: str = "bench.json") -> dict[str, Any]:
     """``results/efficiency/bench.json`` (written by ``glare experiment efficiency``), or another benchmark
     file of that folder by ``name`` (an earlier machine's, e.g. ``bench_amd_epyc.json``)."""
-    path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency" / name
+    path = _efficiency_dir(results_dir) / name
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
@@ -272,9 +277,8 @@ def efficiency_markdown(results_dir: str | Path | None = None) -> str:
 def bench_files(results_dir: str | Path | None = None) -> list[str]:
     """Names of the benchmark files in ``results/efficiency/``: ``bench.json`` first, then earlier machines'
     ``bench_*.json`` in name order."""
-    folder = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency"
-    names = sorted(p.name for p in folder.glob("bench*.json"))
-    return sorted(names, key=lambda n: n != "bench.json")
+    names = (p.name for p in _efficiency_dir(results_dir).glob("bench*.json"))
+    return sorted(names, key=lambda n: (n != "bench.json", n))
 
 
 def machines_markdown(results_dir: str | Path | None = None, target: float = 2.5) -> str:
@@ -312,7 +316,7 @@ def machines_markdown(results_dir: str | Path | None = None, target: float = 2.5
 
 
 def write_efficiency_markdown(results_dir: str | Path | None = None) -> Path:
-    path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / "efficiency" / "efficiency.md"
+    path = _efficiency_dir(results_dir) / "efficiency.md"
     text = efficiency_markdown(results_dir)
     if len(bench_files(results_dir)) > 1:
         text += "\nThe same benchmark on every machine it ran on:\n\n" + machines_markdown(results_dir) + "\n"
