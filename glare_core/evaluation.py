@@ -45,6 +45,7 @@ from .features import (
     extract_features,
     probe_size,
     show_progress,
+    unit_image,
 )
 from .metrics import ConfusionMatrix, segmentation_scores
 from .paths import smoke_mode
@@ -352,15 +353,10 @@ def evaluate_sliding(
     for i in tqdm(range(len(val_ds)), desc="val (sliding)", disable=not show_progress(cfg.progress)):
         item = val_ds[i]
         label = item["label"]
-        image = item["image"]
-        image = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
         size = (round(label.shape[-2] * cfg.slide_scale), round(label.shape[-1] * cfg.slide_scale))
-        if size != tuple(image.shape[-2:]):
-            image = F.interpolate(
-                image[None], size=size, mode="bilinear", align_corners=False, antialias=True
-            )[0]
+        image = unit_image(item["image"], size)
         logits = sliding_window_logits(
-            backbone, head, image.clamp(0, 1), window, stride, layers, cfg.amp, cfg.feature_batch_size
+            backbone, head, image, window, stride, layers, cfg.amp, cfg.feature_batch_size
         )
         if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
             logits = F.interpolate(

@@ -385,16 +385,50 @@ def _neighbours() -> Table:
     )
 
 
+#: Views at the probe's scale: a crop of 0.4-1 of the area of a frame loaded at 336 px (short side, the
+#: probe's 448 x 336 input) resized to 224 px, i.e. 16 x 16 tokens of 14 px at about the pixel scale the probe
+#: reads, against the main table's 112 px views of frames loaded at 224 px (8 x 8 tokens, half the scale).
+PROBE_SCALE_VIEWS = ("objective.views.global_size=224", "load_size=336")
+
+
+def _scale() -> Table:
+    """The main table's two adapter rows pre-trained on views at the probe's scale (CamVid, 3 seeds).
+
+    The question (chapter 9, "An investigation: the probe's scale"): does pre-training on 112 px views leave
+    the 448 x 336 probe's features unchanged because of the 4x scale gap? Everything but the views is the main
+    table's: 100 steps of batch 16, the same probe, the same seeds, so each cell pairs with the main table's
+    ``base`` cell of its seed (not repeated here: the base has no pre-training, its probe is the same).
+    """
+    rows = (
+        Row("dino_adapter", "DINO-only, adapter, 224 px views", (*DINO_ONLY, *PROBE_SCALE_VIEWS)),
+        Row("glare", "GLARE (G+L+R), adapter, 224 px views", PROBE_SCALE_VIEWS),
+    )
+    return Table(
+        "scale",
+        "Pre-training on 224 px views (the probe's scale) on CamVid: linear-probe mIoU on val",
+        rows=rows,
+        datasets=(CAMVID,),
+        seeds=(0, 1, 2),
+        overrides=CPU_SCALE,
+        probe=CPU_PROBE,
+        note=(
+            "the main table's CamVid adapter rows with 224 px views of frames loaded at 336 px (16x16 "
+            "tokens, the probe's pixel scale) instead of 112 px of 224 px frames; base: the main table's"
+        ),
+    )
+
+
 TABLES: dict[str, Callable[[], Table]] = {
     "main": _main,
     "ablations": _ablations,
     "efficiency": _efficiency,
     "neighbours": _neighbours,
+    "scale": _scale,
 }
 
 
 def get_table(name: str) -> Table:
-    """A table by name (``main``, ``ablations``, ``efficiency``, ``neighbours``)."""
+    """A table by name (``main``, ``ablations``, ``efficiency``, ``neighbours``, ``scale``)."""
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose one of {sorted(TABLES)}")
     return TABLES[name]()

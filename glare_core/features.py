@@ -229,6 +229,24 @@ class FeatureSet:
     seconds: float
 
 
+def unit_image(image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A dataset image as float in [0, 1], resized (bilinear, antialiased) to ``size`` = (H, W) if given.
+
+    Args:
+        image: (3, H0, W0), uint8 in [0, 255] or float in [0, 1].
+        size: target (H, W); None or the image's own size: no resize.
+
+    Returns:
+        (3, H, W) float32, clamped to [0, 1].
+    """
+    image = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
+    if size is not None and tuple(size) != tuple(image.shape[-2:]):
+        image = F.interpolate(
+            image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+    return image.clamp(0, 1)
+
+
 class _Resized(Dataset):
     """Wraps a segmentation dataset: images to float (3, H, W) in [0, 1] at the probe size; labels as
     wanted."""
@@ -246,11 +264,7 @@ class _Resized(Dataset):
             raise ValueError(
                 f"dataset item {i} ({item.get('path', '?')}): image must be (3, H, W), got {image.shape}"
             )
-        image = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
-        image = F.interpolate(
-            image[None], size=self.size, mode="bilinear", align_corners=False, antialias=True
-        )[0]
-        out = {"image": image.clamp(0, 1)}
+        out = {"image": unit_image(image, self.size)}
         if self.label_mode is not None:
             label = item["label"]
             if self.label_mode == "probe":

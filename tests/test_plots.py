@@ -212,6 +212,7 @@ def test_speedup_decomposition_factors_the_measured_speedup(tmp_path):
     assert d["product"] == pytest.approx(d["speedup"])
     assert d["required_efficiency_fast"] == pytest.approx(0.5)  # the target 2.5 is met exactly
     assert d["bound_at_full_peak"] == pytest.approx(5.0)
+    assert d["at_equal_efficiency"] == pytest.approx(1.6)  # 2.0 x 0.8: 2.5 needs e_fast > e_slow
     assert plots.speedup_decomposition(bench, target=5.0)["required_efficiency_fast"] == pytest.approx(1.0)
 
 

@@ -19,7 +19,7 @@ from glare_core.evaluation import (
     sliding_window_logits,
     window_starts,
 )
-from glare_core.features import _forward_features, extract_features, probe_size, resolve_layers
+from glare_core.features import _forward_features, extract_features, probe_size, resolve_layers, unit_image
 from glare_core.probe import build_head, evaluate_head, train_probe
 from glare_core.teacher import ADAPTER_FORMAT
 
@@ -188,6 +188,18 @@ def test_evaluate_command_subprocess_smoke(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["datasets"]["val"]["name"] == "synthetic"
+
+
+def test_unit_image_scales_resizes_and_keeps_a_same_size_image():
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8, generator=g)
+    same = unit_image(u8)
+    assert same.dtype == torch.float32 and torch.equal(same, u8.float() / 255)
+    assert torch.equal(unit_image(u8, (12, 16)), same)  # its own size: untouched
+    small = unit_image(u8, (6, 8))
+    assert small.shape == (3, 6, 8) and 0 <= small.min() and small.max() <= 1
+    # antialiased 2x downsampling of a constant image stays constant
+    assert torch.allclose(unit_image(torch.full((3, 12, 16), 0.25), (6, 8)), torch.full((3, 6, 8), 0.25))
 
 
 def test_window_starts_cover_the_image_and_end_at_the_border():
