@@ -29,7 +29,7 @@ Training and evaluation
     ``evaluation``      the segmentation protocol every compared backbone goes through
     ``knn``             forgetting: k-NN accuracy on Tiny-ImageNet
     ``bench``           step throughput, memory and fraction of the measured matmul peak
-    ``experiments``     the result tables (main, ablations, efficiency, neighbours, scale): resumable cells
+    ``experiments``     the result tables (main, ablations, neighbours, ...): resumable cells
     ``plots``           tables and figures the book draws from ``results/``
 
 The neighbours (the other seed methods, for comparison)

@@ -259,19 +259,29 @@ def test_table_definitions():
         ex.get_table("nope")
 
 
-def test_scale_table_changes_only_the_views_of_the_main_rows():
-    """Each scale cell is the main table's CamVid cell of the same row and seed with 224 px views of 336 px
-    frames: every other training setting and the probe protocol are identical, so the two tables pair."""
-    main, scale = ex.get_table("main"), ex.get_table("scale")
-    assert [c.key for c in scale.cells()] == [
+@pytest.mark.parametrize(
+    "name, changed",
+    [
+        ("scale", {("objective", "views", "global_size"): (224, 112), ("load_size",): (336, 224)}),
+        ("steps", {("steps",): (400, 100)}),
+    ],
+)
+def test_investigation_tables_change_only_their_setting_of_the_main_rows(name, changed):
+    """Each cell is the main table's CamVid cell of the same row and seed with only the table's setting
+    changed: every other training setting and the probe protocol are identical, so the tables pair."""
+    main, table = ex.get_table("main"), ex.get_table(name)
+    assert [c.key for c in table.cells()] == [
         f"{r}__camvid__seed{s}" for s in (0, 1, 2) for r in ("dino_adapter", "glare")
     ]
-    for cell in scale.cells():
+    for cell in table.cells():
         twin = ex.Cell(main, main.row(cell.row.name), ex.CAMVID, cell.seed)
         ours, theirs = ex.train_config(cell).to_dict(), ex.train_config(twin).to_dict()
-        assert ours["objective"]["views"].pop("global_size") == 224
-        assert theirs["objective"]["views"].pop("global_size") == 112
-        assert (ours.pop("load_size"), theirs.pop("load_size")) == (336, 224)
+        for keys, values in changed.items():
+            *parents, leaf = keys
+            a, b = ours, theirs
+            for k in parents:
+                a, b = a[k], b[k]
+            assert (a.pop(leaf), b.pop(leaf)) == values
         assert ours == theirs
         assert ex.probe_config(cell) == ex.probe_config(twin)
 

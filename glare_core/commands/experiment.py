@@ -10,8 +10,8 @@ Tables: main (5 rows x CamVid, IDD-Lite-367 x 3 seeds), ablations (12 rows x Cam
 (glare bench -> results/efficiency/bench.json), neighbours (a light decoder alone, + PiPa's losses, + SSR's
 training-only branch, on the base and on the GLARE-adapted backbone x CamVid x 3 seeds; the adapted backbone
 of seed k is the main table's glare cell of seed k, reused from runs/experiments/main/ or pre-trained there),
-scale (the main table's DINO-only adapter and GLARE rows pre-trained on 224 px views, the probe's pixel scale,
-x CamVid x 3 seeds).
+scale and steps (the main table's DINO-only adapter and GLARE rows pre-trained on 224 px views, the probe's
+pixel scale, or for 400 steps instead of 100, x CamVid x 3 seeds).
 
 Examples:
   glare experiment list                           # every table's cells and which are done
@@ -37,7 +37,9 @@ HELP = "run an experiment table (resumable) into results/, or list / report the 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("table", help="main, ablations, efficiency, neighbours, scale; or 'list' / 'report'")
+    parser.add_argument(
+        "table", help="main, ablations, efficiency, neighbours, scale, steps; or 'list' / 'report'"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and estimated times only")
     parser.add_argument(
         "--smoke",
