@@ -46,6 +46,33 @@ def test_dino_loss_matches_reference_with_local_crops(step):
     assert got.item() == pytest.approx(reference_dino(student, teacher, center, t_temp).item(), rel=1e-5)
 
 
+def test_losses_stay_float32_inside_a_bf16_autocast_region():
+    """The training step runs under bf16 autocast; there ``einsum`` would compute the K-term dot products in
+    bf16, rounding a loss near ln K = 8.3 to a step of 1/16. Values and gradients must be the float32 ones."""
+    from glare_core.losses.global_consistency import soft_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    K, B = 4096, 16
+    student = [torch.randn(B, K, generator=g).mul(0.05).requires_grad_() for _ in range(2)]
+    teacher = [torch.randn(B, K, generator=g).mul(0.05) for _ in range(2)]
+    probs = torch.softmax(torch.randn(B, K, generator=g), dim=-1)
+
+    def run(autocast):
+        for s in student:
+            s.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = DINOLoss(K)(student, teacher, step=100, update_center=False)
+            ce = soft_cross_entropy(student[0], probs, 0.1)
+        (loss + ce.mean()).backward()
+        return loss.detach(), ce.detach(), torch.cat([s.grad for s in student])
+
+    ref, ours = run(False), run(True)
+    assert ours[0].dtype == ours[1].dtype == torch.float32
+    assert ours[0].item() == pytest.approx(ref[0].item(), abs=1e-6)
+    assert torch.allclose(ours[1], ref[1], atol=1e-5)
+    assert torch.allclose(ours[2], ref[2], rtol=1e-5, atol=1e-9)
+
+
 def test_dino_loss_pairs_are_cross_view_only():
     K = 8
     a, b = torch.randn(3, K), torch.randn(3, K)

@@ -51,10 +51,12 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor
         student_temp: tau_s.
 
     Returns:
-        (...,) per-row cross-entropy.
+        (...,) per-row cross-entropy, float32 also inside an autocast region (where ``einsum`` would otherwise
+        run in bf16 / fp16: the dot product over K terms would round the loss to a step of 1/16 near 8).
     """
-    s = student_logits.float() / student_temp
-    return torch.logsumexp(s, dim=-1) - torch.einsum("...k,...k->...", teacher_probs.float(), s)
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        s = student_logits.float() / student_temp
+        return torch.logsumexp(s, dim=-1) - torch.einsum("...k,...k->...", teacher_probs.float(), s)
 
 
 def centred_softmax(teacher_logits: torch.Tensor, centering: Centering, temp: float) -> torch.Tensor:
@@ -178,14 +180,17 @@ class DINOLoss(nn.Module):
         if len(student_logits) < 2 and len(teacher_logits) < 2:
             raise ValueError("the DINO loss needs at least two views (cross-view pairs only)")
         probs = [self.teacher_probs(t, step) for t in teacher_logits]
-        log_ps = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_logits]
         total, pairs = student_logits[0].new_zeros((), dtype=torch.float32), 0
-        for i, p in enumerate(probs):
-            for j, log_p in enumerate(log_ps):
-                if i == j:
-                    continue  # same view: skipped
-                total = total - torch.einsum("bk,bk->b", p, log_p).mean()
-                pairs += 1
+        # float32 inside the training step's autocast region too, as DINO's loss (there autocast would run the
+        # einsum's K-term dot products in bf16 / fp16)
+        with torch.autocast(device_type=student_logits[0].device.type, enabled=False):
+            log_ps = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_logits]
+            for i, p in enumerate(probs):
+                for j, log_p in enumerate(log_ps):
+                    if i == j:
+                        continue  # same view: skipped
+                    total = total - torch.einsum("bk,bk->b", p, log_p).mean()
+                    pairs += 1
         if update_center:
             self.centering.update(torch.cat([t.detach() for t in teacher_logits]))
         return total / pairs
