@@ -405,8 +405,9 @@ def _main_adapter_rows(change: tuple[str, ...], what: str) -> tuple[Row, ...]:
 def _scale() -> Table:
     """The main table's two adapter rows pre-trained on views at the probe's scale (CamVid, 3 seeds).
 
-    The question (chapter 9, "An investigation: the probe's scale"): does pre-training on 112 px views leave
-    the 448 x 336 probe's features unchanged because of the 4x scale gap? Everything but the views is the main
+    The question (chapter 9, "Two follow-up experiments"): does pre-training on 112 px views leave the
+    448 x 336 probe's features unchanged because tokens of the views cover two to three times the frame area
+    of a probe token? Everything but the views is the main
     table's: 100 steps of batch 16, the same probe, the same seeds, so each cell pairs with the main table's
     ``base`` cell of its seed (not repeated here: the base has no pre-training, its probe is the same).
     """
@@ -428,8 +429,9 @@ def _scale() -> Table:
 def _steps() -> Table:
     """The main table's two adapter rows pre-trained four times longer (400 steps; CamVid, 3 seeds).
 
-    The other question of chapter 9's investigation: is 100 steps too short for either objective to move the
-    probe? Everything but the number of steps is the main table's, so the cells pair with its cells by seed.
+    The other question of chapter 9's "Two follow-up experiments": is 100 steps too short for either objective
+    to move the probe? Everything but the number of steps is the main table's, so the cells pair with its
+    cells by seed.
     """
     return Table(
         "steps",
