@@ -406,10 +406,10 @@ def _scale() -> Table:
     """The main table's two adapter rows pre-trained on views at the probe's scale (CamVid, 3 seeds).
 
     The question (chapter 9, "Two follow-up experiments"): does pre-training on 112 px views leave the
-    448 x 336 probe's features unchanged because tokens of the views cover two to three times the frame area
-    of a probe token? Everything but the views is the main
-    table's: 100 steps of batch 16, the same probe, the same seeds, so each cell pairs with the main table's
-    ``base`` cell of its seed (not repeated here: the base has no pre-training, its probe is the same).
+    448 x 336 probe's features unchanged because a view token spans two to three times the frame pixels (in
+    width) of a probe token? Everything but the views is the main table's: 100 steps of batch 16, the same
+    probe, the same seeds, so each cell pairs with the main table's ``base`` cell of its seed (not repeated
+    here: the base has no pre-training, its probe is the same).
     """
     return Table(
         "scale",
