@@ -394,11 +394,24 @@ PROBE_SCALE_VIEWS = ("objective.views.global_size=224", "load_size=336")
 LONGER = ("steps=400",)
 
 
-def _main_adapter_rows(change: tuple[str, ...], what: str) -> tuple[Row, ...]:
-    """The main table's DINO-only adapter and GLARE rows, each with the overrides ``change`` added."""
-    return (
-        Row("dino_adapter", f"DINO-only, adapter, {what}", (*DINO_ONLY, *change)),
-        Row("glare", f"GLARE (G+L+R), adapter, {what}", change),
+def _main_variant(name: str, title: str, change: tuple[str, ...], what: str, note: str) -> Table:
+    """The main table's DINO-only adapter and GLARE rows on CamVid with the overrides ``change`` added to
+    each (labels get ``, <what>``); seeds, scale and probe are the main table's, so cells pair by seed (no
+    k-NN)."""
+    main = _main()
+    rows = tuple(
+        dataclasses.replace(r, label=f"{r.label}, {what}", overrides=(*r.overrides, *change))
+        for r in (main.row("dino_adapter"), main.row("glare"))
+    )
+    return Table(
+        name,
+        title,
+        rows=rows,
+        datasets=(CAMVID,),
+        seeds=main.seeds,
+        overrides=main.overrides,
+        probe=main.probe,
+        note=note,
     )
 
 
@@ -411,14 +424,11 @@ def _scale() -> Table:
     probe, the same seeds, so each cell pairs with the main table's ``base`` cell of its seed (not repeated
     here: the base has no pre-training, its probe is the same).
     """
-    return Table(
+    return _main_variant(
         "scale",
         "Pre-training on 224 px views (the probe's scale) on CamVid: linear-probe mIoU on val",
-        rows=_main_adapter_rows(PROBE_SCALE_VIEWS, "224 px views"),
-        datasets=(CAMVID,),
-        seeds=(0, 1, 2),
-        overrides=CPU_SCALE,
-        probe=CPU_PROBE,
+        PROBE_SCALE_VIEWS,
+        "224 px views",
         note=(
             "the main table's CamVid adapter rows with 224 px views of frames loaded at 336 px (16x16 "
             "tokens, the probe's pixel scale) instead of 112 px of 224 px frames; base: the main table's"
@@ -433,14 +443,11 @@ def _steps() -> Table:
     to move the probe? Everything but the number of steps is the main table's, so the cells pair with its
     cells by seed.
     """
-    return Table(
+    return _main_variant(
         "steps",
         "Pre-training four times longer (400 steps) on CamVid: linear-probe mIoU on val",
-        rows=_main_adapter_rows(LONGER, "400 steps"),
-        datasets=(CAMVID,),
-        seeds=(0, 1, 2),
-        overrides=CPU_SCALE,
-        probe=CPU_PROBE,
+        LONGER,
+        "400 steps",
         note="the main table's CamVid adapter rows with 400 steps instead of 100; base: the main table's",
     )
 
