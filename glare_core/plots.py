@@ -665,6 +665,7 @@ def speedup_decomposition(
     peak_ratio = peaks[f["precision"]] / peaks[s["precision"]]
     e_fast, e_slow = f["fraction_of_own_precision_matmul_peak"], s["fraction_of_own_precision_matmul_peak"]
     flops_ratio = s["flops_per_step"] / f["flops_per_step"]
+    at_equal_efficiency = peak_ratio * flops_ratio
     return {
         "speedup": f["images_per_s"] / s["images_per_s"],
         "peak_ratio": peak_ratio,
@@ -674,9 +675,9 @@ def speedup_decomposition(
         "efficiency_fast": e_fast,
         "efficiency_slow": e_slow,
         "target": target,
-        "required_efficiency_fast": target * e_slow / (peak_ratio * flops_ratio),
-        "at_equal_efficiency": peak_ratio * flops_ratio,
-        "bound_at_full_peak": peak_ratio * flops_ratio / e_slow,
+        "required_efficiency_fast": target * e_slow / at_equal_efficiency,
+        "at_equal_efficiency": at_equal_efficiency,
+        "bound_at_full_peak": at_equal_efficiency / e_slow,
     }
 
 
