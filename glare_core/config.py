@@ -5,11 +5,10 @@ heads") is a field here with that default; the objective's own choices (views, t
 centres) live in the nested :class:`glare_core.objective.ObjectiveConfig`. Known vs Design:
 
 * Known (GLARE abstract, Figure 1): a self-supervised ViT is pre-trained further on a small unlabelled target
-set,
-  only UniAdapter modules train, the teacher is a momentum encoder.
+  set, only UniAdapter modules train, the teacher is a momentum encoder.
 * Design (this project, from DINO's ``main_dino.py``): AdamW with lr 5e-4 * B / 256, linear warm-up then
-cosine to
-  1e-6, weight decay cosine 0.04 -> 0.4, EMA momentum cosine 0.996 -> 1, gradient clip 3.0, bf16 autocast.
+  cosine to 1e-6, weight decay cosine 0.04 -> 0.4, EMA momentum cosine 0.996 -> 1, gradient clip 3.0, mixed
+  precision chosen per machine.
 
 Presets (:func:`preset`): ``smoke`` (seconds, random ``test_vit`` on synthetic scenes), ``demo`` (the README's
 ``make demo``), ``cpu`` (a real 2-core CPU run), ``colab_t4`` (a 16 GB T4) and ``paper`` (the full recipe).
@@ -32,9 +31,8 @@ from typing import Any
 
 from .heads import HeadConfig
 from .objective import ObjectiveConfig
+from .precision import PRECISIONS
 from .teacher import StudentTeacherConfig
-
-PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -117,9 +115,11 @@ class TrainConfig:
     # ------------------------------------------------------------------ hardware
     device: str = "auto"
     """"auto" (CUDA if present, else CPU), "cpu" or "cuda"."""
-    precision: str = "bf16"
-    """Autocast precision: "bf16" (CPU and GPU; on a GPU without bf16 it falls back to "fp16"), "fp16" (with a
-    GradScaler; GPUs only) or "fp32"."""
+    precision: str = "auto"
+    """Autocast precision: "auto" (bf16 where the GPU or CPU multiplies bf16 natively, measured on a CPU; fp16
+    with a GradScaler on a GPU without bf16; else fp32: :mod:`glare_core.precision`), or forced: "bf16" (on a
+    GPU without bf16 it falls back to "fp16"), "fp16" (GPUs only) or "fp32". Trained and EMA tensors are
+    float32 whatever is chosen."""
     attention: str = "auto"
     """Attention kernel of the ViT blocks: "fused" (``scaled_dot_product_attention``), "math" (explicit
     ``softmax(q k^T) v``) or "auto": "math" under bf16 autocast on a CPU, where it measured 2.1x faster than
@@ -279,16 +279,17 @@ def _cpu() -> TrainConfig:
 
 
 def _colab_t4() -> TrainConfig:
-    """A 16 GB Colab T4: DINO ViT-S/16 on CamVid at 224 px, batch 64, fp16 autocast with a GradScaler (a T4
-    has no bf16), K = 16384 prototypes. 100 epochs of CamVid's 367 training images = 500 steps. Not measured
-    here (no GPU); if it runs out of memory the error names this fix: ``--set batch_size=32``."""
+    """A 16 GB Colab T4: DINO ViT-S/16 on CamVid at 224 px, batch 64, ``auto`` precision (fp16 autocast with a
+    GradScaler on a T4, which has no bf16), K = 16384 prototypes. 100 epochs of CamVid's 367 training images =
+    500 steps. Not measured here (no GPU); if it runs out of memory the error names this fix:
+    ``--set batch_size=32``."""
     cfg = TrainConfig(
         base="dino_vits16",
         dataset="camvid",
         load_size=256,
         batch_size=64,
         epochs=100,
-        precision="fp16",
+        precision="auto",  # fp16 with a GradScaler on a T4 (no bf16), bf16 on an L4 or A100
         heads=HeadConfig(out_dim=16384),
         head_warmup_steps=50,
         num_workers=2,

@@ -49,6 +49,7 @@ from .features import (
 )
 from .metrics import ConfusionMatrix, segmentation_scores
 from .paths import smoke_mode
+from .precision import resolve_precision
 from .probe import build_head, evaluate_head, train_probe
 
 #: How the validation split is predicted (``ProbeConfig.inference``).
@@ -81,7 +82,9 @@ class ProbeConfig:
             CamVid val). Evaluation is always at full label resolution.
         feature_batch_size: images per backbone forward during extraction.
         eval_batch_size: feature maps per prediction batch.
-        amp: bf16 autocast on CPU / fp16 on CUDA during extraction.
+        precision: autocast precision of the backbone during extraction: ``"auto"`` (bf16 where the hardware
+            multiplies bf16 natively, fp16 on a GPU without it, else float32; :mod:`glare_core.precision`),
+            ``"bf16"``, ``"fp16"`` or ``"fp32"``. The result records the precision used.
         cache: keep extracted features in the on-disk cache (``paths.cache_dir()/features``).
         num_workers: DataLoader workers for image decoding.
         inference: ``"resize"`` (default) or ``"slide"`` (see the module docstring).
@@ -106,7 +109,7 @@ class ProbeConfig:
     label_scale: float = 0.5
     feature_batch_size: int = 8
     eval_batch_size: int = 8
-    amp: bool = True
+    precision: str = "auto"
     cache: bool = True
     num_workers: int = 0
     inference: str = "resize"
@@ -131,6 +134,17 @@ class ProbeConfig:
         """A seconds-long preset for tests and ``GLARE_SMOKE=1``: 112x84 input, 60 steps at lr 1e-2."""
         values = dict(size=(112, 84), steps=60, batch_size=4, lr=1e-2, warmup_steps=5)
         values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_record(cls, record: dict) -> ProbeConfig:
+        """The config recorded in a result (``to_dict``), also from records older than a field rename: their
+        ``amp`` (True: bf16 autocast on the CPU) becomes ``precision``; unknown keys are an error."""
+        values = dict(record)
+        if "amp" in values:
+            values.setdefault("precision", "bf16" if values.pop("amp") else "fp32")
+        if "size" in values:
+            values["size"] = tuple(values["size"])
         return cls(**values)
 
     @classmethod
@@ -191,7 +205,7 @@ def evaluate_backbone(
         layers=cfg.layers,
         batch_size=cfg.feature_batch_size,
         cache=cfg.cache,
-        amp=cfg.amp,
+        precision=cfg.precision,
         num_workers=cfg.num_workers,
         progress=show_progress(cfg.progress),
     )
@@ -256,6 +270,7 @@ def evaluate_backbone(
         "probe": logs,
         "machine": {
             "device": str(next(backbone.parameters()).device),
+            "precision": resolve_precision(cfg.precision, next(backbone.parameters()).device).name,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
@@ -283,7 +298,7 @@ def sliding_window_logits(
     window: tuple[int, int],
     stride: tuple[int, int],
     layers: list[int],
-    amp: bool = True,
+    precision: str = "auto",
     batch_size: int = 8,
 ) -> torch.Tensor:
     """Class logits of one image from windows slid over it (mmsegmentation's ``slide`` inference).
@@ -299,7 +314,7 @@ def sliding_window_logits(
         window: (h, w) window size in pixels, multiples of the patch size.
         stride: (sh, sw) step between windows in pixels.
         layers: block indices whose tokens feed the head (as in training).
-        amp: bf16 autocast on CPU / fp16 on CUDA for the backbone.
+        precision: autocast precision of the backbone (:mod:`glare_core.precision`).
         batch_size: windows per backbone forward.
 
     Returns:
@@ -315,7 +330,7 @@ def sliding_window_logits(
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i : i + batch_size]
         crops = torch.stack([image[:, y : y + wh, x : x + ww] for y, x in chunk]).to(device)
-        with autocast_context(device, amp):
+        with autocast_context(device, precision):
             feats = _forward_features(backbone, crops, layers)
         logits = head(feats.float())  # (n, K, h, w)
         logits = F.interpolate(logits, size=(wh, ww), mode="bilinear", align_corners=False).float().cpu()
@@ -356,7 +371,7 @@ def evaluate_sliding(
         size = (round(label.shape[-2] * cfg.slide_scale), round(label.shape[-1] * cfg.slide_scale))
         image = unit_image(item["image"], size)
         logits = sliding_window_logits(
-            backbone, head, image, window, stride, layers, cfg.amp, cfg.feature_batch_size
+            backbone, head, image, window, stride, layers, cfg.precision, cfg.feature_batch_size
         )
         if tuple(logits.shape[-2:]) != tuple(label.shape[-2:]):
             logits = F.interpolate(

@@ -345,7 +345,7 @@ NEIGHBOUR_SEG = {
     "warmup_steps": 50,
     "flip": True,
     "label_scale": 0.5,
-    "train_amp": True,
+    "train_precision": "auto",
 }
 PIPA = ("pixel_contrast", "patch_consistency")
 
@@ -495,6 +495,13 @@ def smoke_table(table: Table) -> Table:
 
 
 # ============================================================================================ configs
+def with_precision(table: Table, precision: str) -> Table:
+    """The same table with a forced precision for pre-training and the probe (default: ``"auto"``, chosen per
+    machine). The precision used is recorded in every cell; it is not part of a cell's identity."""
+    probe = {**table.probe, "precision": precision} if table.probe else table.probe
+    return dataclasses.replace(table, probe=probe, overrides=(*table.overrides, f"precision={precision}"))
+
+
 def with_threads(table: Table, threads: int) -> Table:
     """The same table run with ``threads`` CPU threads (pre-training, probe and k-NN); e.g. 2 on an idle
     2-core machine. Results do not depend on it beyond floating-point noise; step times do."""
@@ -623,9 +630,9 @@ def git_commit() -> str:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, torch version, threads, load average, GPU (:func:`glare_core.bench.machine_info`)."""
+    """CPU, cores, torch version, threads, load average, GPU (:func:`glare_core.system.machine_info`)."""
     try:
-        from .bench import machine_info
+        from .system import machine_info
 
         info = machine_info()
     except Exception:  # noqa: BLE001 - provenance must never stop a run
@@ -690,7 +697,7 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
 
 
 #: Config keys that change speed or logging only; a run folder may be resumed with other values.
-RUNTIME_KEYS = ("num_threads", "num_workers", "log_every")
+RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision")
 
 
 def check_run_config(run_dir: Path, cfg) -> None:
@@ -1053,11 +1060,13 @@ def cell_done(cell: Cell, results_dir: Path) -> bool:
     return cell.result_path(results_dir).exists()
 
 
-#: Recorded config keys that do not change a cell's numbers (compared by :func:`stale_reason`).
-_PROBE_RUNTIME = ("cache", "num_workers", "feature_batch_size", "eval_batch_size")
+#: Recorded config keys that do not change a cell's numbers (compared by :func:`stale_reason`). The precision
+#: is recorded with each cell but is not part of its identity: ``"auto"`` picks it per machine, and bf16 and
+#: float32 features differ by rounding only.
+_PROBE_RUNTIME = ("cache", "num_workers", "feature_batch_size", "eval_batch_size", "precision")
 #: Probe fields added after cells were recorded, with the value that reproduces what those cells did.
 _PROBE_ADDED = {"inference": "resize", "slide_scale": 1.0, "slide_stride": 2 / 3}
-_SEG_RUNTIME = ("cache", "feature_batch_size", "eval_batch_size")
+_SEG_RUNTIME = ("cache", "feature_batch_size", "eval_batch_size", "precision", "train_precision")
 
 
 def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | None:
@@ -1090,7 +1099,31 @@ def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | No
         diff = sorted(k for k in want_t if k not in RUNTIME_KEYS and got_t.get(k) != want_t[k])
         if diff:
             return "train config " + ", ".join(diff)
+        if bf16_teacher(record):
+            return BF16_TEACHER_REASON
     return None
+
+
+BF16_TEACHER_REASON = (
+    "its adapter is an EMA teacher averaged in bf16 (recorded before the float32-teacher fix); delete the "
+    "cell and its run folder to recompute it"
+)
+
+
+def bf16_teacher(record: dict[str, Any]) -> bool:
+    """True when a cell evaluated a teacher whose averaged tensors were stored in bf16.
+
+    Before the fix, every frozen-looking ``nn.Linear`` was cast to the autocast dtype, the teacher's EMA
+    copies of the adapters and heads (and of every weight in full fine-tuning) included; LoRA factors are no
+    ``nn.Linear`` and were spared, and float32 runs cast nothing. Runs after the fix record ``ema_dtype``
+    ("float32") in their summary.
+    """
+    pretrain = record.get("pretrain") or {}
+    summary = pretrain.get("summary") or {}
+    train = (record.get("config") or {}).get("train") or {}
+    if not train or "ema_dtype" in summary:
+        return False
+    return train.get("tuning") != "lora" and summary.get("precision", train.get("precision")) != "fp32"
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -1512,13 +1545,16 @@ def probe_timing_key(dataset: str, probe: dict[str, Any]) -> str:
 def segmentation_timing_key(dataset: str, seg: dict[str, Any], terms: Sequence[str], threads: Any) -> str:
     """Timing key of one light-decoder training step: what its cost depends on (input size, decoder width,
     batch, label scale, precision, the extra terms, torch threads)."""
-    p = {k: seg.get(k) for k in ("size", "layers", "hidden_dim", "batch_size", "label_scale", "train_amp")}
+    p = {
+        k: seg.get(k)
+        for k in ("size", "layers", "hidden_dim", "batch_size", "label_scale", "train_precision")
+    }
     return f"{dataset}|{'+'.join(terms) or 'decoder'}|threads{threads}|{json.dumps(p, sort_keys=True)}"
 
 
 def features_timing_key(dataset: str, probe: dict[str, Any]) -> str:
     """Timing key of the probe's feature extraction (train + val, not cached)."""
-    p = {k: probe.get(k) for k in ("size", "layers", "amp", "feature_batch_size")}
+    p = {k: probe.get(k) for k in ("size", "layers", "precision", "feature_batch_size")}
     return f"{dataset}|{json.dumps(p, sort_keys=True)}"
 
 

@@ -10,9 +10,10 @@ computed once per (backbone weights, dataset, resolution, layers) and stored in 
 * storage is safetensors, features in fp16 ((N, C, h, w) with C = D x number of layers), labels as uint8;
 * writes are atomic (a temporary file, then ``os.replace``), so an interrupted run never leaves a half file.
 
-Extraction runs in batches under bf16 autocast on CPU (about 2.5x faster than fp32 for a ViT here) and fp16
-autocast on CUDA, with a tqdm bar that is off in smoke mode (``GLARE_SMOKE=1``) and when stderr is not a
-terminal. Pass ``cache=False`` to keep everything in memory.
+Extraction runs in batches under autocast in the precision ``"auto"`` picks for the machine (bf16 where the
+CPU or GPU multiplies bf16 natively, fp16 on a GPU without it, float32 elsewhere; :mod:`glare_core.precision`;
+the precision used is part of the cache key), with a tqdm bar that is off in smoke mode (``GLARE_SMOKE=1``)
+and when stderr is not a terminal. Pass ``cache=False`` to keep everything in memory.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .paths import cache_dir, smoke_mode
+from .precision import autocast, resolve_precision
 
 #: Bump when the stored format or the extraction changes, so old cache entries are not reused.
 CACHE_VERSION = 1
@@ -184,13 +186,10 @@ class FeatureCache:
 
 
 # ----------------------------------------------------------------------------------------------- extraction
-def autocast_context(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CPU, fp16 on CUDA (or a no-op when disabled / elsewhere)."""
-    if enabled and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast(device.type, enabled=False)
+def autocast_context(device: torch.device, precision: str = "auto"):
+    """Autocast for inference in ``precision`` (``"auto"``: bf16 where the hardware multiplies bf16 natively,
+    fp16 on a GPU without it, else float32; :func:`glare_core.precision.resolve_precision`)."""
+    return autocast(device, resolve_precision(precision, device))
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -301,7 +300,7 @@ def extract_features(
     batch_size: int = 8,
     cache: bool = True,
     cache_root: str | Path | None = None,
-    amp: bool = True,
+    precision: str = "auto",
     num_workers: int = 0,
     progress: bool | None = None,
     desc: str = "features",
@@ -319,7 +318,7 @@ def extract_features(
         batch_size: images per forward.
         cache: read and write the disk cache; False keeps everything in memory.
         cache_root: the cache folder (default ``paths.cache_dir() / "features"``).
-        amp: bf16 autocast on CPU / fp16 on CUDA.
+        precision: autocast precision (``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``).
         num_workers: DataLoader workers decoding images.
         progress: tqdm bar (default: on in a terminal, off in smoke mode).
 
@@ -344,7 +343,8 @@ def extract_features(
 
     data_fp = dataset_fingerprint(dataset) if cache else ""
     backbone_fp = backbone_fingerprint(backbone) if cache else ""
-    feat_key = cache_key("features", backbone_fp, data_fp, size, layer_ids)
+    precision = resolve_precision(precision, next(backbone.parameters()).device).name
+    feat_key = cache_key("features", backbone_fp, data_fp, size, layer_ids, precision)
     label_key = cache_key("labels", data_fp, size if labels == "probe" else "full", str(ltype))
     feats = labs = None
     if store is not None:
@@ -376,7 +376,7 @@ def extract_features(
     compute = feats is None
     for batch in tqdm(loader, desc=desc, disable=not show_progress(progress), leave=False):
         if compute:
-            with autocast_context(device, amp):
+            with autocast_context(device, precision):
                 f = _forward_features(backbone, batch["image"].to(device), layer_ids)
             chunks.append(f.to(torch.float16).cpu())
         if need_labels:
@@ -407,7 +407,7 @@ def extract_global_features(
     images: Iterable[torch.Tensor],
     total: int | None = None,
     pool: str = "cls",
-    amp: bool = True,
+    precision: str = "auto",
     progress: bool | None = None,
     desc: str = "features",
 ) -> torch.Tensor:
@@ -431,7 +431,7 @@ def extract_global_features(
     out = []
     with torch.no_grad():
         for batch in tqdm(images, total=total, desc=desc, disable=not show_progress(progress), leave=False):
-            with autocast_context(device, amp):
+            with autocast_context(device, precision):
                 o = backbone(batch.to(device), return_attn=False)
             out.append((o.cls if pool == "cls" else o.patches.mean(1)).float().cpu())
     backbone.train(was_training)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .backbone import Backbone
 from .features import FeatureCache, backbone_fingerprint, cache_key, extract_global_features, show_progress
 from .paths import find_dataset_dir, smoke_mode
+from .precision import resolve_precision
 
 
 @torch.no_grad()
@@ -153,7 +154,7 @@ def knn_forgetting(
     seed: int = 0,
     max_classes: int | None = None,
     batch_size: int = 64,
-    amp: bool = True,
+    precision: str = "auto",
     cache: bool = True,
     cache_root: str | Path | None = None,
     progress: bool | None = None,
@@ -171,6 +172,8 @@ def knn_forgetting(
         seed: seed of the bank selection.
         max_classes: use only the first this many classes (default all; 10 in smoke mode).
         batch_size: images per forward.
+        precision: autocast precision of the forwards (``"auto"``: :mod:`glare_core.precision`); the
+            precision used is recorded in ``settings``.
         cache: cache bank and query features on disk.
 
     Returns:
@@ -216,10 +219,12 @@ def knn_forgetting(
         "per_class": per_class,
         "seed": seed,
         "max_classes": max_classes,
-        "amp": amp,
+        "precision": resolve_precision(precision, next(backbone.parameters()).device).name,
     }
     stat = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for fs in files.values() for f in fs]
-    key = cache_key("knn", backbone_fingerprint(backbone), stat, bank_idx, query_idx, size, pool, amp)
+    key = cache_key(
+        "knn", backbone_fingerprint(backbone), stat, bank_idx, query_idx, size, pool, settings["precision"]
+    )
     store = FeatureCache(cache_root) if cache else None
     hit = store.load(key) if store is not None else None
     if hit is not None:
@@ -229,7 +234,9 @@ def knn_forgetting(
         def feats(indices: list[int], desc: str) -> torch.Tensor:
             batches = _image_batches(train if desc == "k-NN bank" else val, indices, size, batch_size)
             total = -(-len(indices) // batch_size)
-            return extract_global_features(backbone, batches, total, pool, amp, progress, desc)
+            return extract_global_features(
+                backbone, batches, total, pool, settings["precision"], progress, desc
+            )
 
         bank_f = feats(bank_idx, "k-NN bank")
         query_f = feats(query_idx, "k-NN queries")

@@ -241,8 +241,21 @@ def efficiency_bars(results_dir: str | Path | None = None, axes=None):
     return fig
 
 
+def fp32_variant(bench: dict[str, Any]) -> str:
+    """The benchmark's float32 GLARE step: ``glare_fp32`` (forced fp32 of the real step), or ``naive_fp32`` in
+    files written before the benchmark timed :func:`glare_core.train.train_step`."""
+    return "glare_fp32" if "glare_fp32" in bench["variants"] else "naive_fp32"
+
+
+def _own_peak_fraction(v: dict[str, Any]) -> str:
+    if "fraction_of_own_precision_matmul_peak" in v:
+        return f"{100 * v['fraction_of_own_precision_matmul_peak']:.0f} %"
+    return "-"
+
+
 def efficiency_markdown(results_dir: str | Path | None = None) -> str:
-    """The benchmark as a markdown table (images/s, s/step, peak memory, GFLOP/s, fraction of bf16 peak)."""
+    """The benchmark as a markdown table (images/s, s/step, peak memory, GFLOP/s, fraction of the matmul peak
+    of the step's own precision), its goals and machine."""
     bench = read_bench(results_dir)
     rows = []
     for name, v in bench["variants"].items():
@@ -254,12 +267,10 @@ def efficiency_markdown(results_dir: str | Path | None = None) -> str:
                 f"{v['seconds_per_step']:.2f}" if "seconds_per_step" in v else "-",
                 f"{v['peak_memory_mb']:.0f}" if "peak_memory_mb" in v else "-",
                 f"{v['achieved_flops'] / 1e9:.0f}" if "achieved_flops" in v else "-",
-                f"{100 * v['fraction_of_bf16_matmul_peak']:.0f} %"
-                if "fraction_of_bf16_matmul_peak" in v
-                else "-",
+                _own_peak_fraction(v),
             ]
         )
-    head = ["step", "precision", "images/s", "s/step", "peak MB", "GFLOP/s", "of bf16 matmul peak"]
+    head = ["step", "precision", "images/s", "s/step", "peak MB", "GFLOP/s", "of its precision's matmul peak"]
     text = markdown_table(head, rows)
     goals = bench.get("goals", {})
     if goals:
@@ -268,9 +279,12 @@ def efficiency_markdown(results_dir: str | Path | None = None) -> str:
             [[k, f"{g['value']:.3f}", g["goal"], "yes" if g["met"] else "no"] for k, g in goals.items()],
         )
     m = bench.get("machine", {})
+    auto = bench.get("auto_precision")
+    chosen = f" `auto` picks {auto['name']} here: {auto['reason']}." if auto else ""
     return (
         text
-        + f"\n\nMachine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}.\n"
+        + f"\n\nMachine: {m.get('cpu', '?')} (torch CPU capability {m.get('cpu_capability', '?')}), "
+        + f"{m.get('cores', '?')} cores, torch {m.get('torch', '?')}.{chosen}\n"
     )
 
 
@@ -296,7 +310,7 @@ def machines_markdown(results_dir: str | Path | None = None, target: float = 2.5
                 b["machine"].get("cpu", "?"),
                 f"{peaks['bf16'] / 1e9:.0f} / {peaks['fp32'] / 1e9:.0f}",
                 f"{d['peak_ratio']:.2f}",
-                f"{v['glare']['images_per_s']:.2f} / {v['naive_fp32']['images_per_s']:.2f}",
+                f"{v['glare']['images_per_s']:.2f} / {v[fp32_variant(b)]['images_per_s']:.2f}",
                 f"{d['speedup']:.2f}",
                 f"{100 * d['efficiency_fast']:.0f} % / {100 * d['efficiency_slow']:.0f} %",
                 f"{d['at_equal_efficiency']:.2f}",
@@ -642,9 +656,10 @@ def qualitative_figure(
 
 
 def speedup_decomposition(
-    bench: dict[str, Any], fast: str = "glare", slow: str = "naive_fp32", target: float = 2.5
+    bench: dict[str, Any], fast: str = "glare", slow: str | None = None, target: float = 2.5
 ) -> dict[str, Any]:
-    """Why the ``fast`` step is as much faster than the ``slow`` one as it is, from the benchmark alone.
+    """Why the ``fast`` step is as much faster than the ``slow`` one (default: the float32 GLARE step,
+    :func:`fp32_variant`) as it is, from the benchmark alone.
 
     With ``F`` the FLOPs of a step, ``P`` the measured matmul peak of its precision and ``e`` the fraction of
     that peak the step reaches (``t = F / (e P)``), the measured speedup factors exactly into
@@ -660,7 +675,7 @@ def speedup_decomposition(
         ``bound_at_full_peak`` (the speedup if the fast step ran at 100 % of its peak).
     """
     v = bench["variants"]
-    f, s = v[fast], v[slow]
+    f, s = v[fast], v[slow or fp32_variant(bench)]
     peaks = bench["matmul_flops"]
     peak_ratio = peaks[f["precision"]] / peaks[s["precision"]]
     e_fast, e_slow = f["fraction_of_own_precision_matmul_peak"], s["fraction_of_own_precision_matmul_peak"]
@@ -687,6 +702,7 @@ __all__ = [
     "bench_files",
     "efficiency_bars",
     "efficiency_markdown",
+    "fp32_variant",
     "fmt_mean_std",
     "machines_markdown",
     "main_bars",

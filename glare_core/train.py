@@ -1,22 +1,22 @@
 """The training loop: continual self-supervised pre-training of a ViT's UniAdapters with the GLARE objective.
 
-Read :func:`pretrain` top to bottom: data -> base -> student/teacher -> objective -> optimiser and schedules
--> (resume) -> loop (batch -> loss -> NaN guard -> backward -> clip -> step -> EMA -> log -> checkpoint) ->
-export.
-The helpers above it are the pieces a reader may want to look up: per-step schedules, the resumable data feed,
-atomic checkpoints and random-number states.
+Read it in three pieces: :func:`build_run` (base -> student/teacher -> objective -> optimiser and
+schedules), :func:`train_step` (schedules -> loss -> NaN guard -> backward -> clip -> AdamW -> EMA), and
+:func:`pretrain` (data -> :func:`build_run` -> resume -> loop of :func:`train_step` with logs and checkpoints
+-> export). ``glare bench`` times the same :func:`train_step`. The helpers above them are the pieces a reader
+may want to look up: per-step schedules, the resumable data feed, atomic checkpoints and random-number states.
 
 Known (GLARE abstract, Figure 1): a momentum (EMA) teacher, only the student's UniAdapters train.
 Design (``glare-method.md`` section 2, "Optimisation", after DINO's ``main_dino.py``): AdamW on the trainable
 tensors only, no weight decay on biases and norms, lr 5e-4 * B / 256 with linear warm-up then cosine to 1e-6,
-weight decay cosine 0.04 -> 0.4, EMA momentum cosine 0.996 -> 1, gradient clip 3.0, bf16 autocast, head
-warm-up with the adapters' learning rate at 0.
+weight decay cosine 0.04 -> 0.4, EMA momentum cosine 0.996 -> 1, gradient clip 3.0, head warm-up with the
+adapters' learning rate at 0. Mixed precision is chosen per machine (``precision="auto"``,
+:mod:`glare_core.precision`); whatever it is, the trained and averaged tensors stay float32.
 
 Resuming is exact: a run stopped after step k and resumed gives, on CPU, bitwise the same weights as an
-uninterrupted
-run, because the checkpoint holds every piece of state the next step reads: trainable and EMA tensors, the
-objective's centres, the optimiser, the step (which fixes the schedules and the data order) and the
-random-number states of torch, numpy and Python (per rank).
+uninterrupted run, because the checkpoint holds every piece of state the next step reads: trainable and EMA
+tensors, the objective's centres, the optimiser, the step (which fixes the schedules and the data order) and
+the random-number states of torch, numpy and Python (per rank).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from . import distributed as dist_utils
 from .config import TrainConfig
 from .objective import GlareObjective
 from .paths import smoke_mode
+from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
 from .teacher import StudentTeacher
 from .tuning import count_parameters
 from .weights import load_base_with_head
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
@@ -280,23 +280,6 @@ def _scalar(v: Any) -> Any:
     return float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v
 
 
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    """The precision actually used: bf16 falls back to fp16 on GPUs without bf16 (T4); fp16 needs a GPU."""
-    if device.type == "cuda" and cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        warnings.warn("this GPU has no bf16: using fp16 autocast with a GradScaler", stacklevel=2)
-        return "fp16"
-    if device.type != "cuda" and cfg.precision == "fp16":
-        raise ValueError("precision='fp16' needs a GPU; use --set precision=bf16 (or fp32) on CPU")
-    return cfg.precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 / fp16 autocast, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
-
-
 def maybe_compile(model: nn.Module, enabled: bool) -> None:
     """``torch.compile`` every transformer block of the student and the teacher, in place.
 
@@ -319,24 +302,18 @@ def maybe_compile(model: nn.Module, enabled: bool) -> None:
         )
 
 
-def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
-    """Store the frozen ``nn.Linear`` weights and biases in the autocast dtype, once; returns how many.
+def cast_frozen_base(model: StudentTeacher, dtype: torch.dtype) -> int:
+    """Store the frozen base linear weights of a student/teacher model in the autocast dtype, once.
 
-    Under autocast every linear layer casts its fp32 weight to bf16 / fp16 on every call, and autocast caches
-    no casts of frozen weights (``aten::copy_`` was 23 % of a profiled CPU step with a ViT-S). Casting them
-    once gives bit-identical results under autocast (the same rounding, done once). Norm layers, the position
-    embedding and every trained tensor stay in fp32. Only for runs that use autocast.
+    Only the base: the student backbone's frozen linears (the teacher shares those very tensors) and a frozen
+    shared head. The teacher's own copies of trained tensors (adapters, new heads, every weight in full
+    fine-tuning) are averaged by the EMA and stay float32 (:mod:`glare_core.precision`). Returns how many
+    linear layers were cast.
     """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and not module.weight.requires_grad:
-            if module.bias is not None and module.bias.requires_grad:
-                continue
-            module.weight.data = module.weight.data.to(dtype)
-            if module.bias is not None:
-                module.bias.data = module.bias.data.to(dtype)
-            count += 1
-    return count
+    modules: list[nn.Module] = [model.student]
+    if not model.train_heads:
+        modules.append(model.student_head)
+    return cast_frozen_base_linears(modules, dtype)
 
 
 def select_attention(model: nn.Module, kind: str, device: torch.device, precision: str) -> str:
@@ -385,6 +362,168 @@ def with_cpu_threads(fn):
     return wrapper
 
 
+# ---------------------------------------------------------------------------- one run, one step
+@dataclasses.dataclass
+class Run:
+    """Everything a training step reads and changes; built by :func:`build_run`.
+
+    Attributes:
+        cfg: the run's configuration.
+        model: the :class:`~glare_core.teacher.StudentTeacher` (frozen base, student adapters, EMA teacher).
+        student: ``model``, wrapped in ``DistributedDataParallel`` when several processes train.
+        objective: the GLARE objective (global, local and regional terms; its centres are state too).
+        optimizer: AdamW over the trainable tensors, groups {adapter, head} x {decay, no decay}.
+        scaler: the fp16 ``GradScaler`` (disabled in bf16 and fp32).
+        params: the trainable tensors (gradient clipping).
+        schedules: per-step ``lr``, ``wd`` and ``momentum`` arrays of length ``total_steps``.
+        precision: the resolved precision (:class:`~glare_core.precision.Precision`).
+        info: this process's rank, world size and device.
+        head_warmup: steps during which only the heads train.
+        frozen: storage pointers of the frozen base tensors (left out of checkpoints).
+        total_steps: the run's length.
+    """
+
+    cfg: TrainConfig
+    model: StudentTeacher
+    student: nn.Module
+    objective: GlareObjective
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    params: list[nn.Parameter]
+    schedules: dict[str, np.ndarray]
+    precision: Precision
+    info: Any
+    head_warmup: int
+    frozen: set[int]
+    total_steps: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+
+def build_run(
+    cfg: TrainConfig,
+    info: Any,
+    total_steps: int,
+    head_images: torch.Tensor | None = None,
+    verbose: bool = True,
+) -> Run:
+    """The frozen base, student and EMA teacher, objective, optimiser and schedules of a run.
+
+    Args:
+        cfg: the configuration; ``cfg.precision`` may be ``"auto"`` (resolved here, see
+            :func:`glare_core.precision.resolve_precision`).
+        info: :class:`glare_core.distributed.DistInfo` of this process.
+        total_steps: the run's length (fixes the schedules).
+        head_images: (n, 3, S, S) target images in [0, 1] that standardise the input of new heads (the
+            ``"data"`` head init); None leaves the heads as initialised (a resumed run loads its own).
+        verbose: say what was loaded and chosen (rank 0 only).
+    """
+    device = info.device
+    say = info.is_main and verbose
+    precision = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    backbone, head_state = load_base_with_head(cfg.base, verbose=say)
+    model = StudentTeacher(
+        backbone, cfg.student_teacher_config(), head_state_dict=head_state, base_name=cfg.base
+    ).to(device)
+    if head_images is not None and model.train_heads and cfg.heads.init == "data":
+        stats = model.init_heads_from_data(head_images.to(device))
+        if say:
+            print(f"[glare] new heads standardised on {len(head_images)} target images ({stats})", flush=True)
+    if precision.dtype is not None:  # frozen base weights stored once in the autocast dtype: same results
+        cast_frozen_base(model, precision.dtype)
+    select_attention(model, cfg.attention, device, precision.name)
+    if say:
+        print(f"[glare] precision {precision.name} ({precision.requested}: {precision.reason})", flush=True)
+    frozen = {p.data_ptr() for p in backbone.parameters() if not p.requires_grad}  # never in checkpoints
+    objective_cfg = cfg.objective
+    if cfg.teacher_temp_warmup_fraction is not None:  # tau_t warm-up over a fraction of this run (DINO: 30 %)
+        warm_steps = round(cfg.teacher_temp_warmup_fraction * total_steps)
+        objective_cfg = dataclasses.replace(objective_cfg, warmup_teacher_temp_steps=warm_steps)
+    objective = GlareObjective(objective_cfg).to(device)
+    maybe_compile(model, cfg.compile)
+    # The student pass is model.forward, so DDP can wrap the model (and average gradients over the ranks).
+    unused = model.separate_patch_head and not (cfg.objective.use_local or cfg.objective.use_regional)
+    student = dist_utils.wrap_ddp(model, info, find_unused_parameters=unused)
+    groups = param_groups(model.param_groups())
+    return Run(
+        cfg=cfg,
+        model=model,
+        student=student,
+        objective=objective,
+        optimizer=torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.name == "fp16"),
+        params=[p for g in groups for p in g["params"]],
+        schedules=build_schedules(cfg, total_steps),
+        precision=precision,
+        info=info,
+        head_warmup=cfg.head_warmup_steps if model.train_heads else 0,
+        frozen=frozen,
+        total_steps=total_steps,
+    )
+
+
+def train_step(run: Run, images: torch.Tensor, step: int) -> dict[str, float]:
+    """One optimisation step: schedules -> loss -> NaN guard -> backward -> clip -> AdamW -> EMA.
+
+    The function :func:`pretrain` calls at every step, and the one ``glare bench`` times.
+
+    Args:
+        run: from :func:`build_run`.
+        images: (B / world_size, 3, S, S) float in [0, 1], this rank's slice of the global batch.
+        step: the step number (0-based); picks the schedules' values and seeds nothing.
+
+    Returns:
+        The step's record: ``loss`` and each term (averaged over the ranks), ``lr``, ``lr_adapter``, ``wd``,
+        ``momentum``, ``grad_norm``.
+
+    Raises:
+        NonFiniteLossError: before any weight changes, when the loss is NaN or infinite on any rank.
+    """
+    lr, wd, momentum = (float(run.schedules[k][step]) for k in ("lr", "wd", "momentum"))
+    for group in run.optimizer.param_groups:
+        warm = group["kind"] == "adapter" and step < run.head_warmup
+        group["lr"] = 0.0 if warm else lr
+        group["weight_decay"] = wd if group["apply_wd"] else 0.0
+
+    with autocast(run.device, run.precision):  # views, teacher and student passes, L_G + L_L + L_R
+        loss, logs = run.objective(run.student, images, step)  # (the centres are updated inside, no grad)
+    # NaN guard: agree across ranks, stop before touching the weights.
+    finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=run.device)
+    dist_utils.all_reduce_mean(finite, run.info)
+    if finite.item() < 1.0:
+        terms = {k: _scalar(v) for k, v in logs.items()}
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step}: loss={loss.detach().float().item()} terms={terms}"
+        )
+
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
+    run.scaler.unscale_(run.optimizer)
+    clip = run.cfg.clip_grad if run.cfg.clip_grad > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.model.update_teacher(momentum)  # EMA of the student's trainable tensors (and heads), in float32
+
+    # The logged terms are averages over the ranks (each rank's loss is the mean over its slice).
+    terms = {k: v for k, v in ((k, _scalar(v)) for k, v in logs.items()) if isinstance(v, float)}
+    values = torch.tensor(list(terms.values()), dtype=torch.float64)
+    terms = dict(zip(terms, dist_utils.all_reduce_mean(values, run.info).tolist()))
+    loss_mean = terms.pop("loss", float(loss.detach()))
+    return {
+        "loss": loss_mean,
+        **terms,
+        "lr": lr,
+        "lr_adapter": 0.0 if step < run.head_warmup else lr,
+        "wd": wd,
+        "momentum": momentum,
+        "grad_norm": float(grad_norm),
+    }
+
+
 # ---------------------------------------------------------------------------- the loop
 @with_cpu_threads
 def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -398,7 +537,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
 
     Returns:
         The summary (also written to ``summary.json``): steps, minutes, images/s, final losses, parameter
-        counts.
+        counts, the precision used and why.
 
     Raises:
         NonFiniteLossError: when the loss is NaN or infinite (the last good checkpoint is kept).
@@ -409,7 +548,6 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
 
     info = dist_utils.init_distributed(cfg.device)
     device = info.device
-    precision = resolve_precision(cfg, device)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
@@ -433,48 +571,19 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
             stacklevel=2,
         )
 
-    # 2. The frozen base, then student (adapters) and EMA teacher sharing its weights, plus the objective.
-    seed_everything(cfg.seed)  # same initial weights on every rank
-    backbone, head_state = load_base_with_head(cfg.base, verbose=info.is_main)
-    model = StudentTeacher(
-        backbone, cfg.student_teacher_config(), head_state_dict=head_state, base_name=cfg.base
-    )
-    model.to(device)
-    if checkpoint is None and model.train_heads and cfg.heads.init == "data":  # a resumed run has its heads
-        sample = head_init_images(loader.dataset, cfg.objective.views.global_size, device)
-        stats = model.init_heads_from_data(sample)
-        if info.is_main:
-            print(f"[glare] new heads standardised on {len(sample)} target images ({stats})", flush=True)
-    if precision != "fp32":  # frozen linear weights stored once in the autocast dtype: same results, faster
-        cast_frozen_linears(model, AUTOCAST_DTYPES[precision])
-    select_attention(model, cfg.attention, device, precision)
-    frozen = {p.data_ptr() for p in backbone.parameters() if not p.requires_grad}  # never in checkpoints
-    objective_cfg = cfg.objective
-    if cfg.teacher_temp_warmup_fraction is not None:  # tau_t warm-up over a fraction of this run (DINO: 30 %)
-        warm_steps = round(cfg.teacher_temp_warmup_fraction * total_steps)
-        objective_cfg = dataclasses.replace(objective_cfg, warmup_teacher_temp_steps=warm_steps)
-    objective = GlareObjective(objective_cfg)
-    if isinstance(objective, nn.Module):
-        objective.to(device)
+    # 2. The frozen base, student (adapters) and EMA teacher, objective, AdamW and per-step schedules.
+    head_images = None
+    if checkpoint is None:  # a resumed run has its heads
+        head_images = head_init_images(loader.dataset, cfg.objective.views.global_size, device)
+    run = build_run(cfg, info, total_steps, head_images)
+    model, objective, optimizer, scaler = run.model, run.objective, run.optimizer, run.scaler
     counts = count_parameters(model.student)
-    maybe_compile(model, cfg.compile)
-    # The student pass is model.forward, so DDP can wrap the model (and average gradients over the ranks).
-    unused = model.separate_patch_head and not (cfg.objective.use_local or cfg.objective.use_regional)
-    student = dist_utils.wrap_ddp(model, info, find_unused_parameters=unused)
 
-    # 3. AdamW on the trainable tensors only ({adapter, head} x {decay, no decay}), per-step schedules.
-    groups = param_groups(model.param_groups())
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    sched = build_schedules(cfg, total_steps)
-    head_warmup = cfg.head_warmup_steps if model.train_heads else 0
-
-    # 4. Resume: restore every tensor and state the next step reads.
+    # 3. Resume: restore every tensor and state the next step reads.
     seed_everything(cfg.seed + 1000 * info.rank)  # each rank draws its own views
     if checkpoint:
         model.load_state_dict(checkpoint["model"], strict=False)
-        if isinstance(objective, nn.Module) and checkpoint.get("objective") is not None:
+        if checkpoint.get("objective") is not None:
             objective.load_state_dict(checkpoint["objective"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint.get("scaler"):
@@ -486,7 +595,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         metrics_path.unlink()
     dist_utils.barrier(info)
 
-    # 5. The loop.
+    # 4. The loop: batch -> train_step -> log -> checkpoint.
     show_bar = info.is_main and sys.stdout.isatty() and not smoke_mode()
     bar = None
     if show_bar:
@@ -494,60 +603,25 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
 
         bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True)
     batches = iter(loader)
-    t_run, seen, last_logs = time.perf_counter(), 0, {}
+    t_run, seen, record = time.perf_counter(), 0, {}
     model.train()
     try:
         for step in range(start_step, total_steps):
             t0 = time.perf_counter()
             batch = next(batches)  # uint8 (B / K, 3, S, S): this rank's slice of the global batch
             images = batch.to(device, non_blocking=True).float().div_(255)  # in [0, 1]
-            lr, wd, momentum = sched["lr"][step], sched["wd"][step], sched["momentum"][step]
-            for group in optimizer.param_groups:
-                warm = group["kind"] == "adapter" and step < head_warmup
-                group["lr"] = 0.0 if warm else lr
-                group["weight_decay"] = wd if group["apply_wd"] else 0.0
-
-            with autocast(device, precision):  # views, teacher and student passes, L_G + L_L + L_R
-                loss, logs = objective(student, images, step)  # (the centres are updated inside, no grad)
-            # NaN guard: agree across ranks, stop before touching the weights or the checkpoint.
-            finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
-            dist_utils.all_reduce_mean(finite, info)
-            if finite.item() < 1.0:
-                terms = {k: _scalar(v) for k, v in logs.items()}
+            try:
+                record = train_step(run, images, step)
+            except NonFiniteLossError as e:
                 raise NonFiniteLossError(
-                    f"non-finite loss at step {step}: loss={loss.detach().float().item()} terms={terms}; "
-                    f"the last good checkpoint ({ckpt_path}) is untouched. Lower the learning rate "
-                    "(--set lr=...) or use --set precision=fp32, then --resume."
-                )
-
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf
-            )
-            scaler.step(optimizer)
-            scaler.update()
-            model.update_teacher(float(momentum))  # EMA of the student's trainable tensors (and heads)
-
+                    f"{e}; the last good checkpoint ({ckpt_path}) is untouched. Lower the learning rate "
+                    "(--set lr=...) or use --precision fp32, then --resume."
+                ) from None
             seen += images.shape[0] * info.world_size
             dt = time.perf_counter() - t0
-            # The logged terms are averages over the ranks (each rank's loss is the mean over its slice).
-            last_logs = {k: v for k, v in ((k, _scalar(v)) for k, v in logs.items()) if isinstance(v, float)}
-            terms = dist_utils.all_reduce_mean(
-                torch.tensor(list(last_logs.values()), dtype=torch.float64), info
-            )
-            last_logs = dict(zip(last_logs, terms.tolist()))
-            loss_mean = last_logs.pop("loss", float(loss.detach()))
             record = {
                 "step": step + 1,
-                "loss": loss_mean,
-                **last_logs,
-                "lr": float(lr),
-                "lr_adapter": 0.0 if step < head_warmup else float(lr),
-                "wd": float(wd),
-                "momentum": float(momentum),
-                "grad_norm": float(grad_norm),
+                **record,
                 "images_per_s": images.shape[0] * info.world_size / dt,
                 "seconds": time.perf_counter() - t_run,
             }
@@ -555,10 +629,10 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
                 append_jsonl(metrics_path, record)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_mean:.4f}", ips=f"{record['images_per_s']:.1f}")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", ips=f"{record['images_per_s']:.1f}")
                 elif (step + 1) % max(1, cfg.log_every) == 0 or step == start_step:
                     print(
-                        f"step {step + 1}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} "
+                        f"step {step + 1}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
                         f"{record['images_per_s']:.1f} img/s",
                         flush=True,
                     )
@@ -569,7 +643,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
                     "total_steps": total_steps,
                     "sampler": loader.batch_sampler.state_dict(),
                 }
-                _checkpoint(ckpt_path, model, objective, optimizer, scaler, frozen, position, cfg, info)
+                _checkpoint(ckpt_path, run, position)
     except torch.cuda.OutOfMemoryError as e:
         raise RuntimeError(
             f"CUDA out of memory with batch {cfg.batch_size} ({e}). Use a smaller preset (--preset colab_t4, "
@@ -579,11 +653,17 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         if bar is not None:
             bar.close()
 
-    # 6. Export the trained tensors and a summary.
+    # 5. Export the trained tensors and a summary.
     if start_step >= total_steps and (out / "summary.json").exists():  # resumed a finished run
         dist_utils.barrier(info)
         return json.loads((out / "summary.json").read_text())
     minutes = (time.perf_counter() - t_run) / 60
+    final_terms = {
+        k: v
+        for k, v in record.items()
+        if k
+        not in ("step", "loss", "lr", "lr_adapter", "wd", "momentum", "grad_norm", "images_per_s", "seconds")
+    }
     summary = {
         "preset": cfg.preset,
         "steps": total_steps,
@@ -592,12 +672,15 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         "minutes": minutes,
         "images_per_s": seen / max(minutes * 60, 1e-9),
         "final_loss": _last_loss(metrics_path) if info.is_main else None,
-        "final_terms": last_logs,
+        "final_terms": final_terms,
         "train_heads": model.train_heads,
         "trainable_params": counts.trainable,
         "total_params": counts.total,
-        "precision": precision,
-        "attention": select_attention(model, cfg.attention, device, precision),
+        "precision": run.precision.name,
+        "precision_requested": run.precision.requested,
+        "precision_reason": run.precision.reason,
+        "ema_dtype": model.ema_dtype(),
+        "attention": select_attention(model, cfg.attention, device, run.precision.name),
         "device": str(device),
         "world_size": info.world_size,
     }
@@ -608,25 +691,25 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
     return summary
 
 
-def _checkpoint(path, model, objective, optimizer, scaler, frozen, position, cfg, info) -> None:
+def _checkpoint(path: Path, run: Run, position: dict[str, Any]) -> None:
     """Write ``checkpoint.pt`` atomically on rank 0 (every rank's RNG state is gathered into it).
 
     ``position`` holds the step (which fixes the schedules and the data order), the run's total steps and the
     sampler's state.
     """
-    rngs = dist_utils.gather_objects(rng_state(), info)
-    if info.is_main:
+    rngs = dist_utils.gather_objects(rng_state(), run.info)
+    if run.info.is_main:
         state = {
             **position,
-            "model": run_state_dict(model, frozen),
-            "objective": objective.state_dict() if isinstance(objective, nn.Module) else None,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "model": run_state_dict(run.model, run.frozen),
+            "objective": run.objective.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
             "rng": rngs,
-            "config": cfg.to_dict(),
+            "config": run.cfg.to_dict(),
         }
         atomic_save(state, path)
-    dist_utils.barrier(info)
+    dist_utils.barrier(run.info)
 
 
 def _last_loss(metrics_path: Path) -> float | None:

@@ -231,7 +231,7 @@ def test_sliding_window_logits_average_the_overlapping_windows():
     image = torch.rand(3, 2 * patch, 3 * patch)
     window = (2 * patch, 2 * patch)
     # two windows, x in [0, 2p) and [p, 3p): the middle third is covered twice
-    logits = sliding_window_logits(backbone, head, image, window, (patch, patch), layers, amp=False)
+    logits = sliding_window_logits(backbone, head, image, window, (patch, patch), layers, precision="fp32")
     assert logits.shape == (5, 2 * patch, 3 * patch)
     with torch.no_grad():
         left = _window_logits(backbone, head, image[:, :, : 2 * patch], layers)
@@ -243,7 +243,7 @@ def test_sliding_window_logits_average_the_overlapping_windows():
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     # one window the size of the image is the resize path's prediction
     whole = sliding_window_logits(
-        backbone, head, image, tuple(image.shape[-2:]), (patch, patch), layers, False
+        backbone, head, image, tuple(image.shape[-2:]), (patch, patch), layers, "fp32"
     )
     with torch.no_grad():
         torch.testing.assert_close(whole, _window_logits(backbone, head, image, layers), atol=1e-5, rtol=1e-5)
@@ -256,13 +256,13 @@ def test_sliding_inference_with_one_window_per_image_matches_resize_inference(ca
     for mode in ("resize", "slide"):
         torch.manual_seed(0)
         # 64x64 labels x 0.5 = 32x32 images = one 32x32 window: the same pixels the resize path sees
-        cfg = ProbeConfig.smoke(size=(32, 32), steps=30, inference=mode, slide_scale=0.5, amp=False)
+        cfg = ProbeConfig.smoke(size=(32, 32), steps=30, inference=mode, slide_scale=0.5, precision="fp32")
         results[mode] = evaluate_backbone(backbone, train, val, cfg)
     assert results["slide"]["config"]["inference"] == "slide"
     assert results["slide"]["miou"] == pytest.approx(results["resize"]["miou"], abs=2e-3)
     assert results["slide"]["timings"]["val_features_s"] == 0.0
     # several overlapping windows at full resolution: still a valid, complete prediction of every pixel
-    cfg = ProbeConfig.smoke(size=(32, 32), steps=30, inference="slide", slide_stride=0.5, amp=False)
+    cfg = ProbeConfig.smoke(size=(32, 32), steps=30, inference="slide", slide_stride=0.5, precision="fp32")
     result = evaluate_backbone(backbone, train, val, cfg)
     total = sum(sum(row) for row in result["confusion_matrix"])
     labels = torch.stack([val[i]["label"] for i in range(len(val))])

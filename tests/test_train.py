@@ -29,8 +29,8 @@ def test_presets_validate_and_round_trip(tmp_path: Path):
         cfg.save(tmp_path / f"{name}.json")
         again = TrainConfig.load(tmp_path / f"{name}.json")
         assert again == cfg, name
-    assert preset("colab_t4").precision == "fp16"  # a T4 has no bf16
-    assert TrainConfig().precision == "bf16"
+    assert preset("colab_t4").precision == "auto"  # fp16 on a T4 (no bf16), bf16 on an L4 or A100
+    assert TrainConfig().precision == "auto"
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
 
@@ -187,9 +187,9 @@ def test_nan_guard_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch):
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
-def test_cast_frozen_linears_is_exact_under_autocast():
+def test_cast_frozen_base_linears_is_exact_under_autocast():
     from glare_core.backbone import create_backbone
-    from glare_core.train import cast_frozen_linears
+    from glare_core.precision import cast_frozen_base_linears
     from glare_core.tuning import configure_tuning
 
     torch.manual_seed(0)
@@ -200,7 +200,7 @@ def test_cast_frozen_linears_is_exact_under_autocast():
     x = torch.rand(2, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = net(x).patches
-    n = cast_frozen_linears(net, torch.bfloat16)
+    n = cast_frozen_base_linears([net], torch.bfloat16)
     assert n == 4 * net.depth  # qkv, proj, fc1, fc2 of every block; the adapters stay fp32
     assert net.vit.blocks[0].adapter.down.weight.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -24,6 +24,8 @@ import argparse
 import sys
 import time
 
+from . import add_precision_argument
+
 NAME = "compare"
 HELP = "light-decoder segmentation with PiPa / SSR training-only terms vs. the plain decoder"
 
@@ -71,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument("--out", default=None, help="write {variant: result} JSON here")
+    add_precision_argument(parser)
 
 
 def _config(args: argparse.Namespace):
@@ -85,6 +88,7 @@ def _config(args: argparse.Namespace):
             overrides[name] = getattr(args, name)
     if args.no_cache:
         overrides["cache"] = False
+    overrides["precision"] = overrides["train_precision"] = args.precision
     return SegTrainConfig.default(**overrides)
 
 

@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from . import add_precision_argument
+
 NAME = "demo"
 HELP = "base vs GLARE on CamVid: short continual pre-training + linear-probe evaluation, printed as a table"
 
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=None, help="pre-training steps (default: the demo preset's)"
     )
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on synthetic data (tests)")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,18 +60,19 @@ def run(args: argparse.Namespace) -> int:
         cfg.root = args.root
     if args.steps:
         cfg.steps = args.steps
+    cfg.precision = args.precision
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     if smoke:
-        probe = ProbeConfig.smoke()
+        probe = ProbeConfig.smoke(precision=args.precision)
         train_ds = build_dataset("synthetic", "train", num_images=16, size=(64, 96), seed=0)
         val_ds = build_dataset("synthetic", "val", num_images=8, size=(64, 96), seed=1)
         dataset_label = "synthetic scenes (smoke run: numbers mean nothing)"
     else:
         # A lighter probe than the book's (448x336, 1000 steps) so the whole demo fits in about 10 minutes on
         # 2 CPU cores; the same protocol for both rows.
-        probe = ProbeConfig(size=(336, 252), steps=500)
+        probe = ProbeConfig(size=(336, 252), steps=500, precision=args.precision)
         train_ds = build_dataset("camvid", "train", root=cfg.root)
         val_ds = build_dataset("camvid", "val", root=cfg.root)
         dataset_label = (

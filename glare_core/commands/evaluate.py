@@ -21,6 +21,8 @@ import argparse
 import sys
 import time
 
+from . import add_precision_argument
+
 NAME = "evaluate"
 HELP = "linear-probe segmentation mIoU of a base model (+ adapter), optional k-NN forgetting"
 
@@ -75,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--knn-root", default=None, help="Tiny-ImageNet parquet folder")
     parser.add_argument("--out", default=None, help="write the result JSON here")
+    add_precision_argument(parser)
 
 
 def _config(args: argparse.Namespace):
@@ -91,6 +94,7 @@ def _config(args: argparse.Namespace):
     for name in ("steps", "batch_size", "lr", "seed", "label_scale", "inference", "slide_scale"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    overrides["precision"] = args.precision
     if args.no_flip:
         overrides["flip"] = False
     if args.no_cache:
@@ -132,7 +136,11 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             result["knn"] = knn_forgetting(
-                backbone, root=args.knn_root, cache=cfg.cache, progress=cfg.progress
+                backbone,
+                root=args.knn_root,
+                cache=cfg.cache,
+                progress=cfg.progress,
+                precision=cfg.precision,
             )
         except FileNotFoundError as err:
             print(f"glare evaluate: {err}", file=sys.stderr)

@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import add_precision_argument
+
 NAME = "experiment"
 HELP = "run an experiment table (resumable) into results/, or list / report the results"
 
@@ -63,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--measure-steps", type=int, default=None, help="steps per --measure run (default 4; neighbours 20)"
     )
     parser.add_argument("--no-figures", action="store_true", help="report: CSV and markdown only")
+    add_precision_argument(parser)
     parser.add_argument(
         "--threads",
         type=int,
@@ -96,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             table = ex.smoke_table(table)
         if args.threads:
             table = ex.with_threads(table, args.threads)
+        if args.precision != "auto":
+            table = ex.with_precision(table, args.precision)
         if args.dry_run:
             print(ex.plan(table, results, smoke, runs_dir=runs))
             return 0

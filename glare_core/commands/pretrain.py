@@ -22,6 +22,8 @@ import os
 import time
 from pathlib import Path
 
+from . import add_precision_argument
+
 NAME = "pretrain"
 HELP = "continual self-supervised pre-training (GLARE) of a base ViT's UniAdapters"
 
@@ -68,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved configuration and exit"
     )
+    add_precision_argument(parser, default=None)  # None: the preset's (auto in every preset)
 
 
 def build_config(args: argparse.Namespace):
@@ -78,7 +81,7 @@ def build_config(args: argparse.Namespace):
         cfg = TrainConfig.load(Path(args.out) / "config.json")
     else:
         cfg = preset(args.preset)
-    for key in ("base", "dataset", "root", "steps"):
+    for key in ("base", "dataset", "root", "steps", "precision"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
