@@ -629,6 +629,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def git_dirty() -> bool | None:
+    """Whether ``glare_core/`` has uncommitted changes (None when git cannot tell)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "glare_core"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     """CPU, cores, torch version, threads, load average, GPU (:func:`glare_core.system.machine_info`)."""
     try:
@@ -1855,8 +1870,9 @@ def run_bench(table: Table, results_dir: Path, smoke: bool = False) -> dict[str,
         return json.loads(out.read_text())
     threads = table.threads or 1
     kwargs = dict(base="random:test_vit", steps=1, batch_size=2) if smoke else dict(steps=5, threads=threads)
+    commit, dirty = git_commit(), git_dirty()
     result = benchmark(out=out, **kwargs)
-    result["git_commit"] = git_commit()
+    result["git_commit"], result["git_dirty"] = commit, dirty
     result["smoke"] = smoke
     from .evaluation import save_result
 

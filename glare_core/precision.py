@@ -136,9 +136,8 @@ def matmul_gflops(
 
 def _machine_key() -> str:
     """What the CPU measurement depends on: the processor, the kernels torch may use, threads."""
-    env = ",".join(
-        f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ
-    )
+    limits = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    env = ",".join(f"{k}={os.environ[k]}" for k in limits if k in os.environ)
     return "|".join(
         [
             cpu_model(),
