@@ -144,6 +144,14 @@ def test_chapter_has_exactly_one_setup_cell(chapter):
     assert code[0] is setup_cells[0], f"{path.name}: the setup cell must be the first code cell"
 
 
+#: A solution a reader can reveal in Colab, Jupyter and the built book alike: an HTML <details> block (MyST's
+#: ``:::{dropdown}`` shows as plain text in Colab and Jupyter). The blank lines let Markdown and maths render.
+SOLUTION_BLOCK = re.compile(
+    r"^(?P<ind>[ \t]*)<details>\n(?P=ind)<summary>Solution</summary>\n\n(?P<body>.*?)\n\n(?P=ind)</details>$",
+    re.M | re.S,
+)
+
+
 def test_chapter_ends_with_summary_and_graded_exercises_with_hidden_solutions(chapter):
     path, nb = chapter
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
@@ -151,10 +159,21 @@ def test_chapter_ends_with_summary_and_graded_exercises_with_hidden_solutions(ch
     match = re.search(r"^## Exercises\s*$", markdown, re.M)
     assert match, f"{path.name}: no '## Exercises'"
     exercises = markdown[match.end() :]
-    assert "★" in exercises, f"{path.name}: exercises are not graded (★, ★★, ★★★)"
-    assert ":::{dropdown}" in exercises or "{toggle}" in exercises, (
-        f"{path.name}: solutions not in a dropdown"
+    graded = re.findall(r"^\d+\. (★+) ", exercises, re.M)
+    assert graded, f"{path.name}: exercises are not graded (a numbered list starting with ★, ★★ or ★★★)"
+    assert ":::{dropdown}" not in markdown and "{toggle}" not in markdown, (
+        f"{path.name}: a MyST dropdown/toggle shows as plain text in Colab and Jupyter; use <details>"
     )
+    blocks = list(SOLUTION_BLOCK.finditer(exercises))
+    assert len(blocks) == len(graded), (
+        f"{path.name}: {len(graded)} exercises but {len(blocks)} solution blocks of the form "
+        "'<details>' / '<summary>Solution</summary>' / blank line / ... / blank line / '</details>'"
+    )
+    assert markdown.count("<details>") == markdown.count("</details>") == len(blocks), (
+        f"{path.name}: a <details> block outside the exercises or not closed"
+    )
+    for block in blocks:
+        assert "<details>" not in block["body"], f"{path.name}: a solution block contains another <details>"
 
 
 def test_chapter_outputs_are_committed_without_errors(chapter):
@@ -307,13 +326,55 @@ def test_figure_helpers():
     plt.close(fig)
 
 
-# ==================== page checker
-def _load_check_pages():
-    spec = importlib.util.spec_from_file_location("check_pages", ROOT / "tools" / "check_pages.py")
+# ==================== student edition
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def test_strip_solutions_removes_each_block_and_nothing_else():
+    se = _load_tool("student_edition")
+    text = (
+        "1. ★ Question one?\n\n   <details>\n   <summary>Solution</summary>\n\n   $x^2$ and\n\n"
+        "   ```python\n   print(1)\n   ```\n\n   </details>\n\n2. ★★ Question two.\n\n   <details>\n"
+        "   <summary>Solution</summary>\n\n   Two.\n\n   </details>\n\n<details>\n<summary>More</summary>\n\n"
+        "kept\n\n</details>\n"
+    )
+    stripped, n = se.strip_solutions(text)
+    assert n == 2
+    kept = "<details>\n<summary>More</summary>\n\nkept\n\n</details>\n"
+    assert stripped == "1. ★ Question one?\n\n2. ★★ Question two.\n\n" + kept
+    with pytest.raises(ValueError, match="line 4"):
+        se.strip_solutions("1. ★ Q?\n\n   <details>\n   <summary>Solution</summary>\n\n   open block\n")
+
+
+def test_student_edition_has_every_exercise_and_no_solution(tmp_path):
+    se = _load_tool("student_edition")
+    out = tmp_path / "student"
+    removed = se.write_student_edition(ROOT, out)
+    for path in TOC_NOTEBOOKS:
+        rel = str(path.relative_to(ROOT))
+        original, copy = _load(path), _load(out / rel)
+        exercises = "\n".join(c.source for c in original.cells if c.cell_type == "markdown").split(
+            "## Exercises"
+        )[-1]
+        assert removed.get(rel, 0) == len(re.findall(r"^\d+\. ★", exercises, re.M)), rel
+        text = "\n".join(c.source for c in copy.cells if c.cell_type == "markdown")
+        assert "<summary>Solution" not in text and "<details>" not in text, rel
+        assert len(re.findall(r"^\d+\. ★", text.split("## Exercises")[-1], re.M)) == removed[rel], rel
+        assert [c.get("outputs") for c in copy.cells] == [c.get("outputs") for c in original.cells], rel
+    assert (out / "_toc.yml").read_text() == (ROOT / "_toc.yml").read_text()
+    assert (out / "_config.yml").is_file() and (out / "book" / "references.bib").is_file()
+    with pytest.raises(ValueError, match="overwrite"):
+        se.write_student_edition(ROOT, ROOT / "book" / "student")
+
+
+# ==================== page checker
+def _load_check_pages():
+    return _load_tool("check_pages")
 
 
 def test_check_pages_lists_pages_and_follows_redirects(tmp_path):
