@@ -26,7 +26,6 @@ from glare_core.backbone import create_backbone
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 TOC_NOTEBOOKS = book_toc.toc_notebooks(ROOT / "_toc.yml")
-COLAB = "https://colab.research.google.com/github/glare-book/glare-book/blob/main/book/{name}.ipynb"
 
 
 def _load(path: Path) -> nbformat.NotebookNode:
@@ -64,6 +63,44 @@ def test_config_builds_offline_from_committed_outputs():
         assert (ROOT / bib).is_file(), bib
     for name, folder in config["sphinx"].get("local_extensions", {}).items():
         assert (ROOT / folder / f"{name}.py").is_file(), f"local extension {name} not in {folder}"
+
+
+def test_colab_link_is_the_launch_button_of_the_config():
+    """The badge opens what the launch button opens: {colab_url}/github/{repo}/blob/{branch}/{path}"""
+    assert book_toc.colab_link("book/global.ipynb", ROOT / "_config.yml") == (
+        "https://colab.research.google.com/github/glare-book/glare-book/blob/main/book/global.ipynb"
+    )
+    assert book_toc.COLAB_BADGE_IMAGE.startswith("https://"), "a relative badge image is broken in Colab"
+    assert book_toc.main(["badges"]) == 0
+
+
+def test_badges_follow_the_repository_url_of_the_config(tmp_path):
+    """Change repository.url in one place, run ``book_toc badges --fix``: every badge follows."""
+    (tmp_path / "book").mkdir()
+    shutil.copy(ROOT / "book" / "global.ipynb", tmp_path / "book" / "global.ipynb")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/global\n")
+    config = (ROOT / "_config.yml").read_text().replace("glare-book/glare-book", "someone/fork")
+    (tmp_path / "_config.yml").write_text(config.replace("branch: main", "branch: dev"))
+    problems = book_toc.check_badges(tmp_path / "_toc.yml")
+    assert len(problems) == 1 and "someone/fork/blob/dev/book/global.ipynb" in problems[0]
+    assert book_toc.check_badges(tmp_path / "_toc.yml", fix=True) == []
+    first = _load(tmp_path / "book" / "global.ipynb").cells[0].source
+    assert "https://colab.research.google.com/github/someone/fork/blob/dev/book/global.ipynb" in first
+
+
+def test_repository_url_is_the_same_everywhere():
+    """Notebooks (badges, set-up cells) and the package name the repository of _config.yml, and no other."""
+    config_repo = book_toc.repository_url(ROOT / "_config.yml").removeprefix("https://github.com/")
+    texts = {str(p.relative_to(ROOT)): "\n".join(c.source for c in _load(p).cells) for p in TOC_NOTEBOOKS}
+    texts |= {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "glare_core").rglob("*.py")}
+    texts |= {name: (ROOT / name).read_text() for name in ("README.md", "CONTRIBUTING.md", "pyproject.toml")}
+    found = {}
+    for name, text in texts.items():
+        for repo in re.findall(r"github(?:\.com)?/([\w.-]+/[\w.-]+)", text):
+            repo = repo.removesuffix(".git")
+            if "glare" in repo.lower():
+                found.setdefault(repo, set()).add(name)
+    assert set(found) == {config_repo}, f"_config.yml says {config_repo}; elsewhere: {found}"
 
 
 # ==================== table of contents
@@ -129,7 +166,10 @@ def test_chapter_opens_with_goals_prerequisites_times_and_colab_badge(chapter):
     text = first.source
     for part in ("Learning goals", "Prerequisites", "Colab T4", "CPU"):
         assert part in text, f"{path.name}: first cell lacks {part!r}"
-    assert COLAB.format(name=path.stem) in text, f"{path.name}: no Open in Colab badge linking to itself"
+    badge = book_toc.colab_badge(path.relative_to(ROOT), ROOT / "_config.yml")
+    assert badge in text, (
+        f"{path.name}: no Open in Colab badge {badge} (python -m glare_core.book_toc badges --fix)"
+    )
     assert "{cpu_time}" not in text, f"{path.name}: run-time placeholder left in the first cell"
 
 
