@@ -229,6 +229,78 @@ def test_chapter_outputs_are_committed_without_errors(chapter):
                 assert "Traceback" not in out.text, f"{path.name}, code cell {i}: traceback on stderr"
 
 
+#: The experiment tables under results/ (a folder of cells/*.json, each stamped with its ``finished`` time).
+RESULT_TABLES = sorted({p.parent.parent.name for p in (ROOT / "results").glob("*/cells/*.json")})
+
+
+def _tables_read(nb: nbformat.NotebookNode) -> set[str]:
+    """The result tables a chapter's code reads: ``results/<table>``, ``RESULTS_DIR, "<table>"`` or a call's
+    first argument ``f("<table>", ...)`` (``get_table("main")``); not ``cfg["steps"]`` nor a tuple of keys."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    if not re.search(r"RESULTS_DIR|get_table\(|results/", code):
+        return set()
+    pattern = r"results/{t}\b|(?:\w\(|RESULTS_DIR\s*[,/])\s*[\"']{t}[\"']"
+    return {t for t in RESULT_TABLES if re.search(pattern.format(t=t), code)}
+
+
+def _executed_at(nb: nbformat.NotebookNode) -> str | None:
+    """When the committed outputs were produced: the last ``iopub.status.idle`` that nbconvert recorded."""
+    stamps = [
+        c.metadata.get("execution", {}).get("iopub.status.idle") for c in nb.cells if c.cell_type == "code"
+    ]
+    return max((s for s in stamps if s), default=None)
+
+
+def _utc(stamp: str):
+    from datetime import datetime, timezone
+
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+#: Chapters whose stale outputs are known and waiting, with the reason (an xfail, never a silent pass).
+STALE_KNOWN = {
+    "efficiency.ipynb": "reads only the trainable-parameter counts of results/main (unchanged by the later "
+    "cells); its timing cells need an idle 2-core machine to be re-measured",
+}
+
+
+def test_chapter_outputs_are_newer_than_the_results_they_read(chapter):
+    """A chapter that shows a results table must have been executed after the table's last cell finished."""
+    path, nb = chapter
+    tables = _tables_read(nb)
+    if not tables:
+        return
+    executed = _executed_at(nb)
+    assert executed, (
+        f"{path.name} reads {sorted(tables)} but its outputs carry no execution time (run nbconvert)"
+    )
+    stale = {}
+    for table in sorted(tables):
+        finished = [
+            json.loads(f.read_text()).get("finished")
+            for f in (ROOT / "results" / table / "cells").glob("*.json")
+        ]
+        newest = max((_utc(f) for f in finished if f), default=None)
+        if newest is not None and newest > _utc(executed):
+            stale[table] = newest.isoformat()
+    command = f"GLARE_SMOKE=0 jupyter execute --inplace --timeout=1800 {path.relative_to(ROOT)}"
+    if stale and path.name in STALE_KNOWN:
+        pytest.xfail(f"{path.name} is stale ({stale}): {STALE_KNOWN[path.name]}; re-execute: {command}")
+    assert not stale, (
+        f"{path.name}: outputs from {executed}, older than the results they read (newest cell finished: "
+        f"{stale}); re-execute it: {command}"
+    )
+
+
+def test_stale_output_check_catches_an_old_chapter():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('load_cells(RESULTS_DIR, "main")\nsteps = cfg["steps"]')]
+    nb.cells[0].metadata["execution"] = {"iopub.status.idle": "2000-01-01T00:00:00.000000Z"}
+    assert "main" in RESULT_TABLES and _tables_read(nb) == {"main"}
+    assert _utc(_executed_at(nb)) < _utc("2000-01-02T00:00:00+00:00")
+
+
 def test_chapter_stores_no_widget_state(chapter):
     path, nb = chapter
     assert "widgets" not in nb.metadata, (
