@@ -8,7 +8,14 @@ correspondence, :class:`RegionLoss` =========================
 ===========================================================================
 """
 
-from .global_consistency import Centering, DINOLoss, centred_softmax, soft_cross_entropy, teacher_temperature
+from .global_consistency import (
+    Centering,
+    DINOLoss,
+    centred_softmax,
+    collapse_stats,
+    soft_cross_entropy,
+    teacher_temperature,
+)
 from .local_consistency import (
     LOCAL_VARIANTS,
     LocalInputs,
@@ -30,6 +37,7 @@ __all__ = [
     "DINOLoss",
     "teacher_temperature",
     "centred_softmax",
+    "collapse_stats",
     "soft_cross_entropy",
     "LOCAL_VARIANTS",
     "LocalInputs",

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..views import source_to_view, view_to_source
-from .global_consistency import Centering, centred_softmax, soft_cross_entropy, teacher_temperature
+from .global_consistency import (
+    Centering,
+    centred_softmax,
+    collapse_stats,
+    soft_cross_entropy,
+    teacher_temperature,
+)
 
 REGION_LOSSES = ("ce", "infonce", "cosine")
 
@@ -204,6 +210,7 @@ class RegionLoss(nn.Module):
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.infonce_temp = infonce_temp
         self.centering = Centering(out_dim, center_momentum)
+        self.diagnostics: dict[str, float] = {}  # collapse_stats of the last call's teacher targets ("ce")
 
     def forward(
         self,
@@ -243,6 +250,7 @@ class RegionLoss(nn.Module):
                 step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
             )
             probs = centred_softmax(t_logits, self.centering, temp)
+            self.diagnostics = collapse_stats(probs)
             loss = soft_cross_entropy(s_logits, probs, self.student_temp).mean()
             self.centering.update(t_logits)
             return loss
