@@ -137,6 +137,10 @@ class TrainConfig:
     """Print a progress line every this many steps (metrics.jsonl gets every step)."""
     checkpoint_every: int = 200
     """Write ``checkpoint.pt`` every this many steps (and at the end)."""
+    telemetry_every: int = 10
+    """Measure the run's instruments (:mod:`glare_core.telemetry`: adapter share per block, last-layer token
+    change and its non-affine share, student and teacher) on a fixed batch every this many steps and at the
+    end (0: never); a few per cent of a step's time at the default."""
     output_dir: str | None = None
     """Run folder; None = ``runs/<preset>-<timestamp>`` (chosen by ``glare pretrain``)."""
     preset: str = "custom"

@@ -712,7 +712,7 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
 
 
 #: Config keys that change speed or logging only; a run folder may be resumed with other values.
-RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision")
+RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision", "telemetry_every")
 
 
 def check_run_config(run_dir: Path, cfg) -> None:

@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
+from . import telemetry
 from .config import TrainConfig
 from .objective import GlareObjective
 from .paths import smoke_mode
@@ -578,6 +579,13 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
     run = build_run(cfg, info, total_steps, head_images)
     model, objective, optimizer, scaler = run.model, run.objective, run.optimizer, run.scaler
     counts = count_parameters(model.student)
+    probe, measured = (
+        None,
+        None,
+    )  # the instruments' fixed batch and base tokens, taken while the model is the base
+    if cfg.telemetry_every > 0 and info.is_main:
+        fixed = head_init_images(loader.dataset, cfg.objective.views.global_size, device, count=8)
+        probe = telemetry.make_probe(model.teacher, fixed, run.precision)
 
     # 3. Resume: restore every tensor and state the next step reads.
     seed_everything(cfg.seed + 1000 * info.rank)  # each rank draws its own views
@@ -603,7 +611,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
 
         bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True)
     batches = iter(loader)
-    t_run, seen, record = time.perf_counter(), 0, {}
+    t_run, seen, step_record = time.perf_counter(), 0, {}
     model.train()
     try:
         for step in range(start_step, total_steps):
@@ -611,7 +619,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
             batch = next(batches)  # uint8 (B / K, 3, S, S): this rank's slice of the global batch
             images = batch.to(device, non_blocking=True).float().div_(255)  # in [0, 1]
             try:
-                record = train_step(run, images, step)
+                step_record = train_step(run, images, step)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(
                     f"{e}; the last good checkpoint ({ckpt_path}) is untouched. Lower the learning rate "
@@ -621,10 +629,13 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
             dt = time.perf_counter() - t0
             record = {
                 "step": step + 1,
-                **record,
+                **step_record,
                 "images_per_s": images.shape[0] * info.world_size / dt,
                 "seconds": time.perf_counter() - t_run,
             }
+            if probe is not None and ((step + 1) % cfg.telemetry_every == 0 or step + 1 == total_steps):
+                measured = telemetry.measure(model, probe)
+                record.update(telemetry.flat(measured))
             if info.is_main:
                 append_jsonl(metrics_path, record)
                 if bar is not None:
@@ -658,12 +669,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         dist_utils.barrier(info)
         return json.loads((out / "summary.json").read_text())
     minutes = (time.perf_counter() - t_run) / 60
-    final_terms = {
-        k: v
-        for k, v in record.items()
-        if k
-        not in ("step", "loss", "lr", "lr_adapter", "wd", "momentum", "grad_norm", "images_per_s", "seconds")
-    }
+    final_terms = {k: v for k, v in step_record.items() if k.startswith(("loss_", "teacher_"))}
     summary = {
         "preset": cfg.preset,
         "steps": total_steps,
@@ -680,6 +686,8 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         "precision_requested": run.precision.requested,
         "precision_reason": run.precision.reason,
         "ema_dtype": model.ema_dtype(),
+        "ln_k": math.log(model.out_dim),  # the value of a cross-entropy between uniform distributions
+        "telemetry": measured,
         "attention": select_attention(model, cfg.attention, device, run.precision.name),
         "device": str(device),
         "world_size": info.world_size,
