@@ -183,6 +183,9 @@ def benchmark(
     if unknown:
         raise ValueError(f"unknown benchmark variants {unknown}; choose from {list(known)}")
     say = print if verbose else (lambda *a, **k: None)
+    from .experiments import git_commit, git_dirty
+
+    commit, dirty = git_commit(), git_dirty()  # the code at the start (and whether glare_core had changes)
     auto = resolve_precision("auto", device)
     say(f"auto precision here: {auto.name} ({auto.reason})", flush=True)
     result: dict[str, Any] = {
@@ -193,6 +196,8 @@ def benchmark(
         "batch_size": batch_size,
         "rounds": steps,
         "step": "glare_core.train.train_step",
+        "git_commit": commit,
+        "git_dirty": dirty,
         "auto_precision": auto.to_dict(),
         "variants": {},
     }

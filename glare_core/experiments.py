@@ -1870,9 +1870,7 @@ def run_bench(table: Table, results_dir: Path, smoke: bool = False) -> dict[str,
         return json.loads(out.read_text())
     threads = table.threads or 1
     kwargs = dict(base="random:test_vit", steps=1, batch_size=2) if smoke else dict(steps=5, threads=threads)
-    commit, dirty = git_commit(), git_dirty()
-    result = benchmark(out=out, **kwargs)
-    result["git_commit"], result["git_dirty"] = commit, dirty
+    result = benchmark(out=out, **kwargs)  # records the commit at its start
     result["smoke"] = smoke
     from .evaluation import save_result
 
