@@ -212,6 +212,23 @@ def image_size(path: str | Path) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
+#: The tuning split (Design): a fixed part of a train split held out to choose settings on, so that val is
+#: scored once, with settings chosen without it. CamVid's 367 training frames split 300 / 67.
+TUNING_SPLITS = ("tune_train", "tune_val")
+TUNING_VAL_FRACTION = 67 / 367
+TUNING_SEED = 20261203
+
+
+def tuning_indices(n: int) -> tuple[list[int], list[int]]:
+    """(tune_train, tune_val) indices of a train split of ``n`` items: a fixed seeded permutation (the same
+    for every run seed), ``round(n * TUNING_VAL_FRACTION)`` items held out (at least 1), both sorted."""
+    if n < 2:
+        raise DataError(f"a tuning split needs at least 2 training images, the split has {n}")
+    n_val = min(n - 1, max(1, round(n * TUNING_VAL_FRACTION)))
+    perm = np.random.default_rng(TUNING_SEED).permutation(n)
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
+
+
 def reduce_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
     """Indices of the reduced split: the first ``limit`` of a seeded permutation of ``range(n)``, sorted.
 
