@@ -107,7 +107,11 @@ class TrainConfig:
     momentum_teacher_end: float = 1.0
     """EMA momentum at the last step, reached on a cosine (Design, DINO)."""
     clip_grad: float = 3.0
-    """Clip the global gradient norm to this (0 = off; Design, DINO)."""
+    """Gradient clipping threshold (0 = off; Design, DINO's value), applied as ``clip_grad_mode`` says."""
+    clip_grad_mode: str = "global"
+    """``"global"``: clip the norm of all trainable gradients together (``clip_grad_norm_``, this project's
+    default so far); ``"per_tensor"``: clip each tensor's gradient norm on its own, as DINO's
+    ``utils.clip_gradients`` does."""
     teacher_temp_warmup_fraction: float | None = 0.3
     """Sets ``objective.warmup_teacher_temp_steps`` to this fraction of the run's steps (DINO: 30 of 100
     epochs); None keeps the objective's own value."""
@@ -199,6 +203,8 @@ class TrainConfig:
         """Raise ``ValueError`` with the fix for inconsistent values; returns self."""
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: choose one of {PRECISIONS}")
+        if self.clip_grad_mode not in ("global", "per_tensor"):
+            raise ValueError(f"clip_grad_mode={self.clip_grad_mode!r}: choose 'global' or 'per_tensor'")
         if self.tuning not in ("adapter", "lora", "full"):
             raise ValueError(f"tuning={self.tuning!r}: choose 'adapter', 'lora' or 'full'")
         if self.batch_size < 1:

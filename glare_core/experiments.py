@@ -713,6 +713,8 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
 
 #: Config keys that change speed or logging only; a run folder may be resumed with other values.
 RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision", "telemetry_every")
+#: Training-config fields added after runs were recorded, with the value that reproduces what those runs did.
+TRAIN_ADDED = {"clip_grad_mode": "global"}
 
 
 def check_run_config(run_dir: Path, cfg) -> None:
@@ -730,6 +732,7 @@ def check_run_config(run_dir: Path, cfg) -> None:
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not valid JSON ({e}). Fix: delete {run_dir} to start afresh.") from e
     want = cfg.to_dict()
+    saved = {**TRAIN_ADDED, **saved}
     diff = sorted(k for k in set(saved) | set(want) if k not in RUNTIME_KEYS and saved.get(k) != want.get(k))
     if diff:
         raise ResultFileError(
@@ -1110,7 +1113,7 @@ def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | No
             return "probe " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)
     if cell.row.pretrain:
         want_t = train_config(adapter_cell(cell, smoke), smoke).to_dict()
-        got_t = record["config"].get("train") or {}
+        got_t = {**TRAIN_ADDED, **(record["config"].get("train") or {})}
         diff = sorted(k for k in want_t if k not in RUNTIME_KEYS and got_t.get(k) != want_t[k])
         if diff:
             return "train config " + ", ".join(diff)

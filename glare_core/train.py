@@ -332,6 +332,26 @@ def select_attention(model: nn.Module, kind: str, device: torch.device, precisio
     return kind
 
 
+def clip_gradients(params: list[nn.Parameter], clip: float, mode: str = "global") -> torch.Tensor:
+    """Clip gradients in place; returns the total gradient norm before clipping (for the logs).
+
+    ``"global"``: one factor for all tensors (``torch.nn.utils.clip_grad_norm_``). ``"per_tensor"``: each
+    tensor's gradient is scaled to norm at most ``clip`` on its own (DINO's ``utils.clip_gradients``). A
+    ``clip`` of 0 or less clips nothing.
+    """
+    if mode == "global":
+        return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+    grads = [p.grad for p in params if p.grad is not None]
+    total = (
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+    )
+    if clip > 0:
+        for g in grads:
+            norm = torch.linalg.vector_norm(g)
+            g.mul_(torch.clamp(clip / (norm + 1e-6), max=1.0))
+    return total if total is not None else torch.zeros(())
+
+
 def param_groups(groups: dict[str, list[nn.Parameter]]) -> list[dict[str, Any]]:
     """AdamW groups from ``StudentTeacher.param_groups()``: {adapter, head} x {decay, no decay}.
 
@@ -503,8 +523,7 @@ def train_step(run: Run, images: torch.Tensor, step: int) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
     run.scaler.unscale_(run.optimizer)
-    clip = run.cfg.clip_grad if run.cfg.clip_grad > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)
+    grad_norm = clip_gradients(run.params, run.cfg.clip_grad, run.cfg.clip_grad_mode)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.model.update_teacher(momentum)  # EMA of the student's trainable tensors (and heads), in float32
@@ -533,7 +552,8 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
     Args:
         cfg: the configuration (a preset with ``--set`` overrides).
         out_dir: run folder; gets ``config.json``, ``metrics.jsonl`` (one line per step), ``checkpoint.pt``,
-            ``adapter.safetensors`` (the trained tensors only) and ``summary.json``.
+            ``adapter.safetensors`` (the EMA teacher's trained tensors, what the tables evaluate),
+            ``adapter_student.safetensors`` (the student's) and ``summary.json``.
         resume: continue from ``out_dir/checkpoint.pt`` (exactly: same result as an uninterrupted run).
 
     Returns:
@@ -694,6 +714,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
     }
     if info.is_main:
         model.export_adapter(out / "adapter.safetensors")  # the EMA teacher's adapters, as DINO evaluates
+        model.export_adapter(out / "adapter_student.safetensors", which="student")  # to compare with
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     dist_utils.barrier(info)
     return summary
