@@ -1,11 +1,17 @@
 """GLARE's three consistency losses, one module each (``glare-method.md`` section 2).
 
-=========================  ===========================================================================
-``global_consistency``     (G) DINO's cross-view [CLS] self-distillation, :class:`DINOLoss`
-``local_consistency``      (L) iBOT-style patch distillation on corrupted cells,
-:class:`PatchDistillationLoss` ``regional_consistency``   (R) attention-guided regions + cross-attention
-correspondence, :class:`RegionLoss` =========================
-===========================================================================
+=============================  ======================================================================
+module                         loss
+=============================  ======================================================================
+``global_consistency``         (G) DINO's cross-view [CLS] self-distillation, :class:`DINOLoss`
+``local_consistency``          (L) iBOT-style patch distillation on corrupted cells,
+                               :class:`PatchDistillationLoss`
+``regional_consistency``       (R) attention-guided regions and cross-attention correspondence,
+                               :class:`RegionLoss`
+=============================  ======================================================================
+
+Each loss records DINO's collapse diagnostics of its teacher targets after every call
+(``loss.diagnostics``, :func:`collapse_stats`).
 """
 
 from .global_consistency import (
