@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--label-scale",
         type=float,
         default=None,
-        help="training-loss resolution factor relative to the probe input (default 0.5, about 4x cheaper than 1.0)",
+        help="training-loss resolution relative to the probe input (default 0.5, about 4x cheaper than 1.0)",
     )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation of the probe")
     parser.add_argument(
