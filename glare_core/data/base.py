@@ -31,6 +31,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from glare_core.errors import InputError
+
 #: The one ignore index of the project (``glare_core.metrics.IGNORE_INDEX`` is the same number).
 IGNORE_INDEX = 255
 
@@ -38,7 +40,7 @@ IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad or missing data. The message names the file (or folder) and says how to fix it.
 
     Attributes:
