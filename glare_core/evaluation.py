@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import tempfile
@@ -125,6 +126,13 @@ class ProbeConfig:
             )
         if self.slide_scale <= 0:
             raise ValueError(f"ProbeConfig.slide_scale must be positive, got {self.slide_scale}")
+        for name in ("steps", "batch_size", "feature_batch_size", "eval_batch_size", "hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"ProbeConfig.lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.label_scale) and 0 < self.label_scale <= 1):
+            raise ValueError(f"ProbeConfig.label_scale must be in (0, 1], got {self.label_scale}")
 
     @classmethod
     def smoke(cls, **overrides) -> ProbeConfig:
@@ -419,10 +427,11 @@ def load_backbone(base: str) -> Backbone:
         from .weights import load_base
     except ImportError:
         load_base = None
+    if base.startswith("random:"):
+        torch.manual_seed(0)  # the same random weights in every evaluation (and as pretrain's seed 0)
     if load_base is not None:
         return load_base(base)
     if base.startswith("random:"):
-        torch.manual_seed(0)
         backbone = create_backbone(base.split(":", 1)[1])
         return backbone.eval().requires_grad_(False)
     raise RuntimeError(f"cannot load base {base!r}: glare_core.weights is not available (use random:<arch>)")
