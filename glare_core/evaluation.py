@@ -437,18 +437,22 @@ def load_backbone(base: str) -> Backbone:
     raise RuntimeError(f"cannot load base {base!r}: glare_core.weights is not available (use random:<arch>)")
 
 
-def apply_adapter(backbone: Backbone, path: str | Path) -> dict:
+def apply_adapter(backbone: Backbone, path: str | Path, base: str | None = None) -> dict:
     """Add an exported adapter (``StudentTeacher.export_adapter``) to ``backbone`` in place and freeze it.
 
     The loading itself is :func:`glare_core.teacher.apply_adapter`; this returns what the result record keeps.
+    With ``base`` (the name the backbone was loaded by), an adapter trained on another named base is refused
+    (:func:`glare_core.teacher.check_adapter_base`).
 
     Returns:
         ``{"path", "mode", "rank", "num_tensors", "num_parameters", "metadata"}``.
     """
     from .teacher import apply_adapter as load_into
-    from .teacher import read_adapter
+    from .teacher import check_adapter_base, read_adapter
 
     tensors, meta = read_adapter(path)
+    if base is not None:
+        check_adapter_base(path, meta, base)
     load_into(backbone, path)
     return {
         "path": str(path),

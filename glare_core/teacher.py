@@ -429,6 +429,28 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return tensors, meta
 
 
+def check_adapter_base(path: str | Path, meta: Mapping[str, str], base: str) -> None:
+    """Refuse an adapter whose recorded base (metadata ``base``) is another named base than ``base``.
+
+    An adapter only means something on the weights it was trained on. Weight files given by path are not
+    compared (a renamed copy of the same file is common); names (``dino_vits16``, ``random:test_vit`` ...)
+    are.
+
+    Raises:
+        CheckpointError: naming the file, both bases and the fix.
+    """
+    recorded = meta.get("base") or ""
+
+    def is_path(name: str) -> bool:
+        return "/" in name or "\\" in name or Path(name).suffix in (".pth", ".pt", ".bin", ".safetensors")
+
+    if recorded and not is_path(recorded) and not is_path(base) and recorded != base:
+        raise CheckpointError(
+            f"{path}: this adapter was trained on base {recorded!r}, not {base!r}; on another base its "
+            f"numbers mean nothing. Fix: pass --base {recorded}, or the adapter trained for {base}."
+        )
+
+
 def apply_adapter(backbone: Backbone, path: str | Path) -> Backbone:
     """Add the tuning modules of an exported adapter file to a fresh base backbone, load them, freeze it.
 

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(args.out)
         start = time.perf_counter()
         backbone = load_backbone(args.base)
-        adapter = apply_adapter(backbone, args.adapter) if args.adapter else None
+        adapter = apply_adapter(backbone, args.adapter, base=args.base) if args.adapter else None
         seed = cfg.seed
         train_ds = build_dataset(args.dataset, args.train_split, root=args.root, limit=args.limit, seed=seed)
         val_ds = build_dataset(args.dataset, args.val_split, root=args.root, limit=args.val_limit, seed=seed)
