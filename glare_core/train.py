@@ -491,7 +491,7 @@ def pretrain(
     counts = count_parameters(model.student)
     maybe_compile(model, cfg.compile)
     # The student pass is model.forward, so DDP can wrap the model (and average gradients over the ranks).
-    unused = model.separate_patch_head and not (cfg.objective.use_local or cfg.objective.use_regional)
+    unused = _heads_may_be_unused(model, cfg)
     student = dist_utils.wrap_ddp(model, info, find_unused_parameters=unused)
 
     # 3. AdamW on the trainable tensors only ({adapter, head} x {decay, no decay}), per-step schedules.
@@ -665,6 +665,13 @@ def _checkpoint(path, model, objective, optimizer, scaler, frozen, position, cfg
         }
         atomic_save(state, path)
     dist_utils.barrier(info)
+
+
+def _heads_may_be_unused(model: StudentTeacher, cfg: TrainConfig) -> bool:
+    """True when some trained head takes no part in the loss, so DDP must look for unused parameters: a
+    separate patch head with L and R off, or the [CLS] head beside a separate patch head with G off."""
+    o = cfg.objective
+    return model.separate_patch_head and (not (o.use_local or o.use_regional) or not o.use_global)
 
 
 def _plain_numbers(obj: Any) -> Any:
