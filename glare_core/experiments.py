@@ -696,7 +696,10 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
         mode = "resumed" if resumable else "new"
         if resumable:
             print(f"[experiment] {cell.key}: resuming pre-training from {run_dir / CHECKPOINT}", flush=True)
-        summary = pretrain(cfg, run_dir, resume=resumable)
+        if resumable:
+            summary = pretrain(cfg, run_dir, resume=True)
+        else:  # the folder holds at most a start without a checkpoint, found to be this cell's above
+            summary = pretrain(cfg, run_dir, overwrite=True)
     steps = _step_seconds(run_dir, cfg.batch_size)
     info = {
         "run_dir": str(run_dir),

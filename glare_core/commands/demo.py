@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         f"[demo] 2/3 GLARE continual pre-training ({cfg.preset} preset) on unlabelled images ...", flush=True
     )
     t1 = time.perf_counter()
-    summary = pretrain(cfg, out / "pretrain")
+    summary = pretrain(cfg, out / "pretrain", overwrite=True)  # the demo folder is redone as a whole
     adapted = load_base(cfg.base)
     apply_adapter(adapted, out / "pretrain" / "adapter.safetensors")
     print("[demo] 3/3 the same linear probe on the GLARE-adapted model ...", flush=True)

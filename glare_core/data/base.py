@@ -21,6 +21,7 @@ permutation of the sorted file list. A smaller ``limit`` with the same seed is a
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from glare_core.errors import InputError
+
 #: The one ignore index of the project (``glare_core.metrics.IGNORE_INDEX`` is the same number).
 IGNORE_INDEX = 255
 
@@ -38,7 +41,7 @@ IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad or missing data. The message names the file (or folder) and says how to fix it.
 
     Attributes:
@@ -483,6 +486,13 @@ def resolve_root(
     if found is not None and looks_right(found):
         return found
     searched = ", ".join(str(r / c) for r in data_roots() for c in candidates)
+    if os.environ.get("GLARE_DATA_DIR"):
+        raise DataError(
+            f"{name}: dataset folder not found under GLARE_DATA_DIR={os.environ['GLARE_DATA_DIR']} "
+            f"(searched {searched}; with GLARE_DATA_DIR set nothing else is searched). Fix: point "
+            f"GLARE_DATA_DIR at the folder that holds it, unset it, pass root=..., or {fix}",
+            found,
+        )
     raise DataError(
         f"{name}: dataset folder not found (searched {searched}). Fix: set GLARE_DATA_DIR to the folder that "
         f"holds it, pass root=..., or {fix}",

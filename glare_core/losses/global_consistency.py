@@ -124,6 +124,8 @@ class Centering(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             dist.all_reduce(count)
+        if count.item() == 0:  # no rows on any process (every call must still reach the all-reduce)
+            return
         batch_center = total / count.clamp(min=1.0)
         c = self.get(t)
         self.center = c * self.momentum + batch_center * (1 - self.momentum)
