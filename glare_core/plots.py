@@ -284,7 +284,7 @@ def efficiency_markdown(results_dir: str | Path | None = None) -> str:
     return (
         text
         + f"\n\nMachine: {m.get('cpu', '?')} (torch CPU capability {kernels_label(m)}), "
-        + f"{m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch threads, "
+        + f"{m.get('cores', '?')} cores, torch threads: {m.get('torch_threads', '?')}, "
         + f"torch {m.get('torch', '?')}.{chosen}\n"
     )
 

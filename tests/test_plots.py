@@ -266,5 +266,5 @@ def test_machines_table_has_one_row_per_benchmark_file(tmp_path):
         "| bf16 (fixed) | 2.00 / 2.00 / 0.80 | 1.00 | 2.50 | 50 % |"
     )
     text = plots.efficiency_markdown(tmp_path)
-    assert "(torch CPU capability AVX512 limited to AVX2), 2 cores, 1 torch threads" in text
+    assert "(torch CPU capability AVX512 limited to AVX2), 2 cores, torch threads: 1" in text
     assert "`auto` picks fp32 here: bf16 matmul 5 vs fp32 50 GFLOP/s (0.10x), < 2x." in text
