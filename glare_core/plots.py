@@ -228,7 +228,7 @@ def efficiency_bars(results_dir: str | Path | None = None, axes=None):
         (axes[1], "peak_memory_mb", "peak memory (MB)"),
     ):
         vals = [variants[n].get(key) or 0 for n in names]
-        bars = ax.bar(names, vals, color=["C0", "C1", "C2", "C3"][: len(names)])
+        bars = ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
         ax.bar_label(bars, fmt="%.2f" if key == "images_per_s" else "%.0f", fontsize=8)
         ax.set_title(label)
     m = bench.get("machine", {})
@@ -283,8 +283,9 @@ def efficiency_markdown(results_dir: str | Path | None = None) -> str:
     chosen = f" `auto` picks {auto['name']} here: {auto['reason']}." if auto else ""
     return (
         text
-        + f"\n\nMachine: {m.get('cpu', '?')} (torch CPU capability {m.get('cpu_capability', '?')}), "
-        + f"{m.get('cores', '?')} cores, torch {m.get('torch', '?')}.{chosen}\n"
+        + f"\n\nMachine: {m.get('cpu', '?')} (torch CPU capability {kernels_label(m)}), "
+        + f"{m.get('cores', '?')} cores, torch threads: {m.get('torch_threads', '?')}, "
+        + f"torch {m.get('torch', '?')}.{chosen}\n"
     )
 
 
@@ -295,36 +296,69 @@ def bench_files(results_dir: str | Path | None = None) -> list[str]:
     return sorted(names, key=lambda n: (n != "bench.json", n))
 
 
-def machines_markdown(results_dir: str | Path | None = None, target: float = 2.5) -> str:
-    """One row per benchmark file: the machine, its bf16 / fp32 matmul peaks and their ratio, the GLARE and
-    naive fp32 steps' images/s, the speedup, the fraction of its own precision's peak each step reaches, and
-    the speedup if the GLARE step used its peak as well as the fp32 step does (peak ratio x FLOP ratio)."""
+def bench_is_earlier(bench: dict[str, Any]) -> bool:
+    """True for a file of the earlier benchmark, which timed a re-implemented step (its variants are glare,
+    dino_only and naive_fp32, in fixed precisions) rather than :func:`glare_core.train.train_step`."""
+    return "step" not in bench and "naive_fp32" in bench["variants"]
+
+
+def bf16_variant(bench: dict[str, Any]) -> str | None:
+    """The benchmark's bf16 GLARE step: ``glare_bf16`` (forced), or ``glare`` in an earlier file (bf16)."""
+    v = bench["variants"]
+    if "glare_bf16" in v:
+        return "glare_bf16"
+    return "glare" if v.get("glare", {}).get("precision") == "bf16" else None
+
+
+def kernels_label(machine: dict[str, Any]) -> str:
+    """torch's CPU capability, and the kernel limits set to emulate a lesser processor, if any."""
+    text = machine.get("cpu_capability", "?")
+    limits = machine.get("kernel_limits") or {}
+    if limits:
+        text += " limited to " + "/".join(sorted({str(x).upper() for x in limits.values()}))
+    return text
+
+
+def machines_markdown(results_dir: str | Path | None = None) -> str:
+    """One row per benchmark file: which benchmark wrote it, the machine (CPU, torch kernels, threads), the
+    bf16 / fp32 matmul peaks (and the matmul size), the precision of the ``glare`` step (``auto``'s choice,
+    or bf16 fixed in an earlier file), the images/s of that step, of the bf16 and of the fp32 GLARE steps,
+    its speedup over each, and the fraction of its own precision's matmul peak it reaches."""
     rows = []
     for name in bench_files(results_dir):
         b = read_bench(results_dir, name)
-        d = speedup_decomposition(b, target=target)
-        v, peaks = b["variants"], b["matmul_flops"]
+        v, peaks, m = b["variants"], b["matmul_flops"], b.get("machine", {})
+        glare, fp32, bf16 = v["glare"], v[fp32_variant(b)], bf16_variant(b)
+        auto = b.get("auto_precision")
         rows.append(
             [
                 f"`{name}`",
-                b["machine"].get("cpu", "?"),
-                f"{peaks['bf16'] / 1e9:.0f} / {peaks['fp32'] / 1e9:.0f}",
-                f"{d['peak_ratio']:.2f}",
-                f"{v['glare']['images_per_s']:.2f} / {v[fp32_variant(b)]['images_per_s']:.2f}",
-                f"{d['speedup']:.2f}",
-                f"{100 * d['efficiency_fast']:.0f} % / {100 * d['efficiency_slow']:.0f} %",
-                f"{d['at_equal_efficiency']:.2f}",
+                "earlier (re-implemented step)" if bench_is_earlier(b) else "train_step",
+                m.get("cpu", "?"),
+                kernels_label(m),
+                str(m.get("torch_threads", "?")),
+                f"{peaks['bf16'] / 1e9:.0f} / {peaks['fp32'] / 1e9:.0f} ({peaks.get('n', '?')})",
+                f"{auto['name']} (auto)" if auto else f"{glare['precision']} (fixed)",
+                f"{glare['images_per_s']:.2f} / "
+                + (f"{v[bf16]['images_per_s']:.2f}" if bf16 else "-")
+                + f" / {fp32['images_per_s']:.2f}",
+                f"{glare['images_per_s'] / v[bf16]['images_per_s']:.2f}" if bf16 else "-",
+                f"{glare['images_per_s'] / fp32['images_per_s']:.2f}",
+                f"{100 * glare['fraction_of_own_precision_matmul_peak']:.0f} %",
             ]
         )
     head = [
         "file",
+        "benchmark",
         "CPU",
-        "matmul GFLOP/s bf16 / fp32",
-        "peak ratio",
-        "images/s GLARE / fp32",
-        "speedup",
-        "of own peak GLARE / fp32",
-        "speedup at equal efficiency",
+        "torch kernels",
+        "threads",
+        "matmul GFLOP/s bf16 / fp32 (n)",
+        "glare step in",
+        "images/s glare / bf16 / fp32",
+        "glare / bf16",
+        "glare / fp32",
+        "glare, of own peak",
     ]
     return markdown_table(head, rows)
 
@@ -333,7 +367,7 @@ def write_efficiency_markdown(results_dir: str | Path | None = None) -> Path:
     path = _efficiency_dir(results_dir) / "efficiency.md"
     text = efficiency_markdown(results_dir)
     if len(bench_files(results_dir)) > 1:
-        text += "\nThe same benchmark on every machine it ran on:\n\n" + machines_markdown(results_dir) + "\n"
+        text += "\nEvery benchmark file of this folder:\n\n" + machines_markdown(results_dir) + "\n"
     path.write_text(text)
     return path
 
@@ -700,10 +734,13 @@ __all__ = [
     "ablation_bars",
     "comparison_lines",
     "bench_files",
+    "bench_is_earlier",
+    "bf16_variant",
     "efficiency_bars",
     "efficiency_markdown",
     "fp32_variant",
     "fmt_mean_std",
+    "kernels_label",
     "machines_markdown",
     "main_bars",
     "markdown_table",

@@ -259,10 +259,7 @@ def _utc(stamp: str):
 
 
 #: Chapters whose stale outputs are known and waiting, with the reason (an xfail, never a silent pass).
-STALE_KNOWN = {
-    "efficiency.ipynb": "reads only the trainable-parameter counts of results/main (unchanged by the later "
-    "cells); its timing cells need an idle 2-core machine to be re-measured",
-}
+STALE_KNOWN: dict[str, str] = {}
 
 
 def test_chapter_outputs_are_newer_than_the_results_they_read(chapter):

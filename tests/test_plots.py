@@ -229,21 +229,42 @@ def test_efficiency_table_and_bars_read_the_json(tmp_path):
 
 
 def test_machines_table_has_one_row_per_benchmark_file(tmp_path):
-    bench = bench_json(tmp_path)
-    # an earlier machine: fp32 peak 4x lower, everything else as in bench_json
-    other = json.loads(json.dumps(bench))
-    other["machine"]["cpu"] = "older cpu"
-    other["matmul_flops"]["fp32"] = 25e9
-    other["variants"]["naive_fp32"]["fraction_of_own_precision_matmul_peak"] = 16e9 / 25e9
-    (tmp_path / "efficiency" / "bench_older.json").write_text(json.dumps(other))
+    bench = bench_json(tmp_path)  # an earlier-benchmark file: glare (bf16) and naive_fp32, no auto
+    # the current benchmark on a processor without fast bf16: auto picks fp32, forced bf16 is 10x slower
+    new = json.loads(json.dumps(bench))
+    new["step"] = "glare_core.train.train_step"
+    new["machine"].update(
+        cpu="new cpu",
+        cpu_capability="AVX512",
+        torch_threads=1,
+        kernel_limits={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    )
+    new["matmul_flops"] = {"bf16": 5e9, "fp32": 50e9, "n": 1024}
+    new["auto_precision"] = {"name": "fp32", "reason": "bf16 matmul 5 vs fp32 50 GFLOP/s (0.10x), < 2x"}
+    fp32 = {**bench["variants"]["naive_fp32"], "fraction_of_own_precision_matmul_peak": 0.32}
+    new["variants"] = {
+        "glare": fp32,
+        "glare_bf16": {**bench["variants"]["glare"], "images_per_s": 0.08},
+        "glare_fp32": fp32,
+    }
+    (tmp_path / "efficiency" / "bench_older.json").write_text(json.dumps(bench))
+    (tmp_path / "efficiency" / "bench.json").write_text(json.dumps(new))
     assert plots.bench_files(tmp_path) == ["bench.json", "bench_older.json"]
-    assert plots.read_bench(tmp_path, "bench_older.json")["machine"]["cpu"] == "older cpu"
+    assert plots.read_bench(tmp_path, "bench_older.json")["machine"]["cpu"] == "test cpu"
+    assert not plots.bench_is_earlier(new) and plots.bench_is_earlier(bench)
+    assert plots.bf16_variant(new) == "glare_bf16" and plots.bf16_variant(bench) == "glare"
     lines = plots.machines_markdown(tmp_path).splitlines()
-    assert len(lines) == 4  # header, rule, two machines, the current one first
-    # peak ratio 2, speedup 2.5, GLARE 50 % of bf16 peak, naive 16/50 = 32 % of fp32, equal efficiency 2 x 0.8
+    assert len(lines) == 4  # header, rule, two files, the current one first
+    # auto = fp32: 0.80 img/s, 10x forced bf16's 0.08 and 1.00x the fp32 step; 32 % of the fp32 peak
     assert lines[2] == (
-        "| `bench.json` | test cpu | 100 / 50 | 2.00 | 2.00 / 0.80 | 2.50 | 50 % / 32 % | 1.60 |"
+        "| `bench.json` | train_step | new cpu | AVX512 limited to AVX2 | 1 | 5 / 50 (1024) "
+        "| fp32 (auto) | 0.80 / 0.08 / 0.80 | 10.00 | 1.00 | 32 % |"
     )
+    # earlier file: glare is the bf16 step (fixed), 2.00 img/s over naive fp32's 0.80; 50 % of the bf16 peak
     assert lines[3] == (
-        "| `bench_older.json` | older cpu | 100 / 25 | 4.00 | 2.00 / 0.80 | 2.50 | 50 % / 64 % | 3.20 |"
+        "| `bench_older.json` | earlier (re-implemented step) | test cpu | ? | ? | 100 / 50 (?) "
+        "| bf16 (fixed) | 2.00 / 2.00 / 0.80 | 1.00 | 2.50 | 50 % |"
     )
+    text = plots.efficiency_markdown(tmp_path)
+    assert "(torch CPU capability AVX512 limited to AVX2), 2 cores, torch threads: 1" in text
+    assert "`auto` picks fp32 here: bf16 matmul 5 vs fp32 50 GFLOP/s (0.10x), < 2x." in text
