@@ -283,3 +283,25 @@ def test_trunk_run_resumes_bitwise_equal(tmp_path: Path, monkeypatch):
     la = [json.loads(x)["loss"] for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert la == lb and len(la) == 6
+
+
+def test_the_benchmark_times_the_trunk_step_and_its_bank(monkeypatch):
+    from glare_core import bench, train
+
+    seen = []
+    real = train.train_step
+
+    def recording(run, images, step):
+        seen.append(type(images).__name__)
+        return real(run, images, step)
+
+    monkeypatch.setattr(train, "train_step", recording)
+    assert bench.variant_spec("glare_trunk8", "cpu") == ("glare", "auto", 8)
+    with pytest.raises(ValueError, match="glare_trunk<n>"):
+        bench.variant_spec("glare_trunk", "cpu")
+    cfg = trunk_cfg()
+    cfg.trunk_pairs = 1
+    step, used = bench.build_step(cfg, total_steps=10)
+    step(0)
+    assert seen == ["TrunkBatch"] and used == "fp32"
+    assert step.build_bank() > 0
