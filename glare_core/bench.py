@@ -239,8 +239,12 @@ def benchmark(
     say = print if verbose else (lambda *a, **k: None)
     auto = resolve_precision("auto", device)
     say(f"auto precision here: {auto.name} ({auto.reason})", flush=True)
+    from .experiments import git_commit, git_dirty
+
     result: dict[str, Any] = {
         "machine": machine_info(),
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "base": base,
         "image_size": 224,

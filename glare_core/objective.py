@@ -16,6 +16,12 @@ choice below is a field of :class:`ObjectiveConfig` with that default)::
     L_R = region_ce(retrieve(pool(S1.patch, R1), T2.patch), pool(S1.patch, R1)) + (the same from view 2)
     L = lambda_G L_G + lambda_L L_L + lambda_R L_R
 
+Steps 1-4 run from the images (:meth:`GlareObjective.encode_images`), or, with the cached frozen trunk of
+:mod:`glare_core.trunk` (this project's CPU design), from a bank of views made once by the same
+:meth:`GlareObjective.prepare_views` and stored as the tokens after the trunk's blocks
+(:meth:`GlareObjective.encode_cached`: only the later blocks run); the terms are the same code either way
+(:meth:`GlareObjective.terms`).
+
 With ``use_local`` and ``use_regional`` off this is exactly DINO continual pre-training (the baselines): no
 patch augmentation, no patch-head work and no region work happen. The centres of the three terms are buffers
 of this module (they go into checkpoints) and are updated inside :meth:`GlareObjective.forward` without

@@ -97,7 +97,7 @@ class TrunkBatch:
 def check_trunk(cfg: TrainConfig, depth: int) -> None:
     """Raise ``ValueError`` (with the fix) when ``cfg.trunk_blocks`` cannot work with this config."""
     n = cfg.trunk_blocks
-    if n is None:
+    if not n:  # None (or 0): the full-depth step
         return
     if not 1 <= n < depth:
         raise ValueError(
