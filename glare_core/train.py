@@ -48,7 +48,7 @@ from .objective import GlareObjective
 from .paths import smoke_mode
 from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
 from .teacher import StudentTeacher
-from .trunk import TrunkBatch, check_trunk, prepare_bank, trunk_batches
+from .trunk import TrunkBatch, check_resumed_bank, check_trunk, prepare_bank, trunk_batches
 from .tuning import count_parameters
 from .weights import load_base_with_head
 
@@ -584,6 +584,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
     trunk = None  # trunk_blocks: load (verified) or build the bank of cached trunk tokens
     if cfg.trunk_blocks:
         bank, trunk = prepare_bank(run, loader.dataset.dataset)
+        check_resumed_bank(checkpoint, trunk, ckpt_path)
 
     # 3. Resume: restore every tensor and state the next step reads.
     seed_everything(cfg.seed + 1000 * info.rank)  # each rank draws its own views
@@ -651,6 +652,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
                     "step": step + 1,
                     "total_steps": total_steps,
                     "sampler": loader.batch_sampler.state_dict(),
+                    **({"trunk_bank": trunk["sha256"]} if trunk else {}),  # the bank the step read
                 }
                 _checkpoint(ckpt_path, run, position)
     except torch.cuda.OutOfMemoryError as e:

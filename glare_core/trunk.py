@@ -342,6 +342,9 @@ def save_bank(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, Any],
 def load_bank(path: Path, key: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a bank and verify it: format, the key it was built for and the checksum of its tensors.
 
+    Returns:
+        the tensors and the stored ``meta`` plus the verified ``sha256``.
+
     Raises:
         BankError: naming the file and what differs; delete the file to rebuild it.
     """
@@ -367,7 +370,7 @@ def load_bank(path: Path, key: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
             f"{path}: checksum mismatch (stored {metadata.get('sha256', '')[:12]}, computed "
             f"{checksum[:12]}): the file is damaged or was modified; {fix}"
         )
-    return tensors, json.loads(metadata.get("meta", "{}"))
+    return tensors, {**json.loads(metadata.get("meta", "{}")), "sha256": checksum}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -441,7 +444,9 @@ def prepare_bank(run: Any, dataset: Any, verbose: bool = True) -> tuple[TrunkBan
         dataset: the unlabelled training images (the feed's dataset).
 
     Returns:
-        the bank and what to record in the run's summary: ``path``, ``built`` (this run built it),
+        the bank and what to record in the run's summary: ``path``, ``sha256`` (of its tensors: a
+        checkpoint records it, so a run resumes only on the bank it started with), ``built`` (this run built
+        it),
         ``build_seconds`` and ``build_images_per_s`` (view pairs per second; None when loaded), ``entries``,
         ``storage``, ``megabytes``.
     """
@@ -461,14 +466,28 @@ def prepare_bank(run: Any, dataset: Any, verbose: bool = True) -> tuple[TrunkBan
             say(f"[glare] building the trunk bank {path} (blocks 0..{cfg.trunk_blocks - 1})", flush=True)
         feed = ImageFeed(dataset, cfg.load_size, seed=cfg.trunk_seed)
         tensors, stats = build_bank(model, run.objective, feed, cfg, run.precision, info.device, say=say)
-        save_bank(path, tensors, key, {"images_sha256": stats["images_sha256"]})
+        checksum = save_bank(path, tensors, key, {"images_sha256": stats["images_sha256"]})
         record.update(built=True, build_seconds=stats["seconds"], build_images_per_s=stats["images_per_s"])
+        record["sha256"] = checksum
         if say:
             say(f"[glare] trunk bank built in {stats['seconds']:.0f} s", flush=True)
     dist_utils.barrier(info)
     if tensors is None:
-        tensors, _ = load_bank(path, key)
+        tensors, meta = load_bank(path, key)
+        record["sha256"] = meta["sha256"]
     side = cfg.objective.views.global_size // model.patch_size
     bank = TrunkBank(tensors, cfg.trunk_pairs, cfg.trunk_blocks, (side, side), path, cfg.objective.use_local)
     record.update(entries=len(bank), storage=cfg.trunk_storage, megabytes=bank.nbytes / 2**20)
     return bank, record
+
+
+def check_resumed_bank(checkpoint: dict[str, Any] | None, record: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a trunk run on another bank than the one its checkpoint at ``path`` was trained on."""
+    if checkpoint is None or "trunk_bank" not in checkpoint:
+        return
+    if checkpoint["trunk_bank"] != record["sha256"]:
+        raise BankError(
+            f"{path} was trained on the trunk bank with SHA-256 {checkpoint['trunk_bank'][:12]}, but these "
+            f"settings give {record['path']} ({record['sha256'][:12]}); resume with the run's own "
+            "config.json, or start a new run"
+        )

@@ -280,6 +280,7 @@ def test_trunk_run_resumes_bitwise_equal(tmp_path: Path, monkeypatch):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k, v in (a["objective"] or {}).items():
         assert torch.equal(v, b["objective"][k]), k
+    assert a["trunk_bank"] == b["trunk_bank"] == full["trunk"]["sha256"]
     la = [json.loads(x)["loss"] for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert la == lb and len(la) == 6
@@ -305,3 +306,15 @@ def test_the_benchmark_times_the_trunk_step_and_its_bank(monkeypatch):
     step(0)
     assert seen == ["TrunkBatch"] and used == "fp32"
     assert step.build_bank() > 0
+
+
+def test_a_run_resumes_only_on_its_own_bank(tmp_path: Path, monkeypatch):
+    from glare_core.train import pretrain
+
+    monkeypatch.setenv("GLARE_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = trunk_cfg()
+    cfg.steps, cfg.checkpoint_every = 2, 1
+    pretrain(cfg, tmp_path / "run")
+    cfg.trunk_seed = 1  # other views: another bank
+    with pytest.raises(BankError, match=r"checkpoint.pt was trained on the trunk bank"):
+        pretrain(cfg, tmp_path / "run", resume=True)
