@@ -713,6 +713,9 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
 
 #: Config keys that change speed or logging only; a run folder may be resumed with other values.
 RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision")
+#: Training-config keys added after results were recorded, with the values that reproduce the older runs: a
+#: record or run folder without them is read as having these (the cached trunk of ``glare_core.trunk``).
+TRAIN_ADDED = {"trunk_blocks": None, "trunk_pairs": 4, "trunk_seed": 0, "trunk_storage": "fp16"}
 
 
 def check_run_config(run_dir: Path, cfg) -> None:
@@ -726,7 +729,7 @@ def check_run_config(run_dir: Path, cfg) -> None:
     if not path.exists():
         return
     try:
-        saved = json.loads(path.read_text())
+        saved = {**TRAIN_ADDED, **json.loads(path.read_text())}
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not valid JSON ({e}). Fix: delete {run_dir} to start afresh.") from e
     want = cfg.to_dict()
@@ -1110,7 +1113,7 @@ def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | No
             return "probe " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)
     if cell.row.pretrain:
         want_t = train_config(adapter_cell(cell, smoke), smoke).to_dict()
-        got_t = record["config"].get("train") or {}
+        got_t = {**TRAIN_ADDED, **(record["config"].get("train") or {})}
         diff = sorted(k for k in want_t if k not in RUNTIME_KEYS and got_t.get(k) != want_t[k])
         if diff:
             return "train config " + ", ".join(diff)

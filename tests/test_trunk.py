@@ -331,3 +331,15 @@ def test_a_run_resumes_only_on_its_own_bank(tmp_path: Path, monkeypatch):
     cfg.trunk_seed = 1  # other views: another bank
     with pytest.raises(BankError, match=r"checkpoint.pt was trained on the trunk bank"):
         pretrain(cfg, tmp_path / "run", resume=True)
+
+
+def test_run_folders_recorded_before_the_trunk_still_match(tmp_path: Path):
+    from glare_core.experiments import TRAIN_ADDED, ResultFileError, check_run_config
+
+    cfg = preset("smoke")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in TRAIN_ADDED}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_run_config(tmp_path, cfg)  # the added keys' defaults reproduce the older runs
+    cfg.trunk_blocks = 2
+    with pytest.raises(ResultFileError, match="trunk_blocks"):
+        check_run_config(tmp_path, cfg)
