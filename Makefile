@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3 with pip and venv, no GPU):
 #   make demo   set up .venv, prepare the offline base, run the main job (GLARE on CamVid, base vs GLARE table)
 #   make test   set up .venv and run every check: lint, unit tests, the book's notebooks (nbval), the book build
+#   make student  the book without the exercise solutions, in _build/student-src/_build/html
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup chromium demo test lint format type-check unit nbval book pages bench clean
+.PHONY: setup chromium demo test lint format type-check unit nbval book student pages bench clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +47,12 @@ nbval: setup
 
 book: setup
 	$(BIN)/jupyter-book build . -W --keep-going
+
+# The student edition: a copy of the book's sources without the exercise solutions, built like the book.
+student: setup
+	$(BIN)/python tools/student_edition.py --out _build/student-src
+	$(BIN)/jupyter-book build _build/student-src -W --keep-going
+	@echo "student edition: _build/student-src/_build/html/index.html"
 
 # Every built page opened in headless Chromium (Debian's package): no missing figure, no raw maths, no console error.
 pages: book chromium

@@ -237,20 +237,21 @@ def benchmark(
     variants = tuple(variants or all_variants(device))
     specs = {name: variant_spec(name, device) for name in variants}  # ValueError for an unknown name
     say = print if verbose else (lambda *a, **k: None)
-    auto = resolve_precision("auto", device)
-    say(f"auto precision here: {auto.name} ({auto.reason})", flush=True)
     from .experiments import git_commit, git_dirty
 
+    commit, dirty = git_commit(), git_dirty()  # the code at the start (and whether glare_core had changes)
+    auto = resolve_precision("auto", device)
+    say(f"auto precision here: {auto.name} ({auto.reason})", flush=True)
     result: dict[str, Any] = {
         "machine": machine_info(),
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
         "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "base": base,
         "image_size": 224,
         "batch_size": batch_size,
         "rounds": steps,
         "step": "glare_core.train.train_step",
+        "git_commit": commit,
+        "git_dirty": dirty,
         "auto_precision": auto.to_dict(),
         "variants": {},
     }

@@ -6,16 +6,23 @@ Every module in :mod:`glare_core.commands` is one subcommand. A command module d
 * ``HELP``: a one-line description,
 * ``add_arguments(parser)``: its options (with ``--help`` text),
 * ``run(args) -> int``: the exit code.
+
+Exit codes (:mod:`glare_core.errors`): 0 success, 2 bad input (a wrong option, a missing or corrupt file, a
+run folder in the way: the message names it and the fix, no traceback), 3 a run whose numbers went NaN, 130
+interrupted; anything else is a bug and prints its traceback (exit code 1). ``GLARE_DEBUG=1`` shows the
+traceback of bad-input errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 from . import __version__, commands
+from .errors import EXIT_BAD_INPUT, EXIT_DIVERGED, NonFiniteError
 
 
 def command_modules() -> list:
@@ -58,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (ValueError, OSError) as e:  # InputError, DataError, CheckpointError, FileNotFoundError ...
+        if os.environ.get("GLARE_DEBUG"):
+            raise
+        where = (
+            f" ({e.filename})"
+            if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e)
+            else ""
+        )
+        print(f"error: {e}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

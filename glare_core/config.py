@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -122,7 +123,11 @@ class TrainConfig:
     momentum_teacher_end: float = 1.0
     """EMA momentum at the last step, reached on a cosine (Design, DINO)."""
     clip_grad: float = 3.0
-    """Clip the global gradient norm to this (0 = off; Design, DINO)."""
+    """Gradient clipping threshold (0 = off; Design, DINO's value), applied as ``clip_grad_mode`` says."""
+    clip_grad_mode: str = "global"
+    """``"global"``: clip the norm of all trainable gradients together (``clip_grad_norm_``, this project's
+    default so far); ``"per_tensor"``: clip each tensor's gradient norm on its own, as DINO's
+    ``utils.clip_gradients`` does."""
     teacher_temp_warmup_fraction: float | None = 0.3
     """Sets ``objective.warmup_teacher_temp_steps`` to this fraction of the run's steps (DINO: 30 of 100
     epochs); None keeps the objective's own value."""
@@ -152,6 +157,10 @@ class TrainConfig:
     """Print a progress line every this many steps (metrics.jsonl gets every step)."""
     checkpoint_every: int = 200
     """Write ``checkpoint.pt`` every this many steps (and at the end)."""
+    telemetry_every: int = 10
+    """Measure the run's instruments (:mod:`glare_core.telemetry`: adapter share per block, last-layer token
+    change and its non-affine share, student and teacher) on a fixed batch every this many steps and at the
+    end (0: never); a few per cent of a step's time at the default."""
     output_dir: str | None = None
     """Run folder; None = ``runs/<preset>-<timestamp>`` (chosen by ``glare pretrain``)."""
     preset: str = "custom"
@@ -204,13 +213,23 @@ class TrainConfig:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read the training config {path}: {e}; rerun without --resume") from e
+            raise ValueError(
+                f"cannot read the training config {path}: {e}. Fix: restore it, or start afresh in a new "
+                "--out"
+            ) from e
         return cls.from_dict(data)
 
     def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` with the fix for inconsistent values; returns self."""
+        """Raise ``ValueError`` with the fix for inconsistent values; returns self.
+
+        Numbers must be finite and in range (a learning rate of NaN, -1 or 1e30, a rank or a batch of 0 are
+        refused here, before any work), and the choices must be known ones.
+        """
+        _check_numbers(self)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: choose one of {PRECISIONS}")
+        if self.clip_grad_mode not in ("global", "per_tensor"):
+            raise ValueError(f"clip_grad_mode={self.clip_grad_mode!r}: choose 'global' or 'per_tensor'")
         if self.tuning not in ("adapter", "lora", "full"):
             raise ValueError(f"tuning={self.tuning!r}: choose 'adapter', 'lora' or 'full'")
         if self.batch_size < 1:
@@ -222,6 +241,63 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device={self.device!r}: choose 'auto', 'cpu' or 'cuda'")
         return self
+
+
+MAX_LR = 1.0
+"""Largest accepted learning rate: AdamW moves every weight by about lr per step, so above 1 a run
+diverges."""
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Ranges of the numeric fields of a :class:`TrainConfig` (see :meth:`TrainConfig.validate`)."""
+
+    def need(key: str, value: Any, ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{key}={value!r}: must be {what}; fix it with --set {key}=...")
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key in ("lr", "base_lr"):
+        v = getattr(cfg, key)
+        if v is not None:
+            need(key, v, finite(v) and 0 < v <= MAX_LR, f"a finite number in (0, {MAX_LR}]")
+    need("min_lr", cfg.min_lr, finite(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.peak_lr(), "in [0, peak lr]")
+    for key in ("rank", "batch_size", "epochs", "load_size", "log_every", "checkpoint_every"):
+        v = getattr(cfg, key)
+        need(key, v, isinstance(v, int) and v >= 1, "an integer >= 1")
+    for key in ("head_warmup_steps", "num_workers"):
+        v = getattr(cfg, key)
+        need(key, v, isinstance(v, int) and v >= 0, "an integer >= 0")
+    for key in ("limit", "num_threads"):
+        v = getattr(cfg, key)
+        need(key, v, v is None or (isinstance(v, int) and v >= 1), "an integer >= 1 (or none)")
+    for key in (
+        "warmup_fraction",
+        "momentum_teacher",
+        "momentum_teacher_end",
+        "teacher_temp_warmup_fraction",
+    ):
+        v = getattr(cfg, key)
+        if v is not None:
+            need(key, v, finite(v) and 0 <= v <= 1, "a number in [0, 1]")
+    for key in ("weight_decay", "weight_decay_end", "clip_grad", "adapter_scale"):
+        v = getattr(cfg, key)
+        need(key, v, finite(v) and v >= 0, "a finite number >= 0")
+    if cfg.lora_alpha is not None:
+        need(
+            "lora_alpha", cfg.lora_alpha, finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "a finite number > 0"
+        )
+    for key in ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers"):
+        v = getattr(cfg.heads, key)
+        need(f"heads.{key}", v, isinstance(v, int) and v >= 1, "an integer >= 1")
+    obj = cfg.objective
+    for key in ("lambda_global", "lambda_local", "lambda_regional"):
+        v = getattr(obj, key)
+        need(f"objective.{key}", v, finite(v) and v >= 0, "a finite number >= 0")
+    for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+        v = getattr(obj, key)
+        need(f"objective.{key}", v, finite(v) and v > 0, "a finite number > 0")
 
 
 # ---------------------------------------------------------------------------- presets

@@ -109,9 +109,13 @@ def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = Fa
 
     DDP averages the trainable tensors' gradients over the ranks during ``backward`` (in buckets, overlapped
     with the computation) and broadcasts rank 0's weights once at wrapping, so K processes with B / K images
-    each take the same step as one process with B images. Frozen tensors are ignored;
-    ``find_unused_parameters`` is needed only when some trained tensor never takes part in a step (e.g. a
-    separate patch head with L and R off).
+    each take the same step as one process with B images. Frozen tensors are ignored.
+
+    ``find_unused_parameters`` is needed when some trained tensor never takes part in a step (a separate patch
+    head with L and R off, or the [CLS] head beside it with G off). It is met with DDP's ``static_graph``,
+    which finds the unused tensors in the first step and skips them from then on: DDP's own
+    ``find_unused_parameters=True`` fails here, because the objective runs the student several times (once
+    per view) before one backward pass.
     """
     if not info.distributed:
         return model
@@ -123,7 +127,7 @@ def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = Fa
             "ignore", FutureWarning
         )  # broadcast_buffers' rename; False is what we mean here
         return DistributedDataParallel(
-            model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters
+            model, device_ids=ids, broadcast_buffers=False, static_graph=find_unused_parameters
         )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import tempfile
@@ -128,6 +129,13 @@ class ProbeConfig:
             )
         if self.slide_scale <= 0:
             raise ValueError(f"ProbeConfig.slide_scale must be positive, got {self.slide_scale}")
+        for name in ("steps", "batch_size", "feature_batch_size", "eval_batch_size", "hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"ProbeConfig.lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.label_scale) and 0 < self.label_scale <= 1):
+            raise ValueError(f"ProbeConfig.label_scale must be in (0, 1], got {self.label_scale}")
 
     @classmethod
     def smoke(cls, **overrides) -> ProbeConfig:
@@ -434,27 +442,32 @@ def load_backbone(base: str) -> Backbone:
         from .weights import load_base
     except ImportError:
         load_base = None
+    if base.startswith("random:"):
+        torch.manual_seed(0)  # the same random weights in every evaluation (and as pretrain's seed 0)
     if load_base is not None:
         return load_base(base)
     if base.startswith("random:"):
-        torch.manual_seed(0)
         backbone = create_backbone(base.split(":", 1)[1])
         return backbone.eval().requires_grad_(False)
     raise RuntimeError(f"cannot load base {base!r}: glare_core.weights is not available (use random:<arch>)")
 
 
-def apply_adapter(backbone: Backbone, path: str | Path) -> dict:
+def apply_adapter(backbone: Backbone, path: str | Path, base: str | None = None) -> dict:
     """Add an exported adapter (``StudentTeacher.export_adapter``) to ``backbone`` in place and freeze it.
 
     The loading itself is :func:`glare_core.teacher.apply_adapter`; this returns what the result record keeps.
+    With ``base`` (the name the backbone was loaded by), an adapter trained on another named base is refused
+    (:func:`glare_core.teacher.check_adapter_base`).
 
     Returns:
         ``{"path", "mode", "rank", "num_tensors", "num_parameters", "metadata"}``.
     """
     from .teacher import apply_adapter as load_into
-    from .teacher import read_adapter
+    from .teacher import check_adapter_base, read_adapter
 
     tensors, meta = read_adapter(path)
+    if base is not None:
+        check_adapter_base(path, meta, base)
     load_into(backbone, path)
     return {
         "path": str(path),

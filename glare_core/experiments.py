@@ -696,7 +696,10 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
         mode = "resumed" if resumable else "new"
         if resumable:
             print(f"[experiment] {cell.key}: resuming pre-training from {run_dir / CHECKPOINT}", flush=True)
-        summary = pretrain(cfg, run_dir, resume=resumable)
+        if resumable:
+            summary = pretrain(cfg, run_dir, resume=True)
+        else:  # the folder holds at most a start without a checkpoint, found to be this cell's above
+            summary = pretrain(cfg, run_dir, overwrite=True)
     steps = _step_seconds(run_dir, cfg.batch_size)
     info = {
         "run_dir": str(run_dir),
@@ -712,10 +715,17 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
 
 
 #: Config keys that change speed or logging only; a run folder may be resumed with other values.
-RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision")
-#: Training-config keys added after results were recorded, with the values that reproduce the older runs: a
-#: record or run folder without them is read as having these (the cached trunk of ``glare_core.trunk``).
-TRAIN_ADDED = {"trunk_blocks": None, "trunk_pairs": 4, "trunk_seed": 0, "trunk_storage": "fp16"}
+RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision", "telemetry_every")
+#: Training-config fields added after runs were recorded, with the value that reproduces what those runs did
+#: (a record or run folder without them is read as having these; ``trunk_*``: the cached trunk of
+#: ``glare_core.trunk``, off by default).
+TRAIN_ADDED = {
+    "clip_grad_mode": "global",
+    "trunk_blocks": None,
+    "trunk_pairs": 4,
+    "trunk_seed": 0,
+    "trunk_storage": "fp16",
+}
 
 
 def check_run_config(run_dir: Path, cfg) -> None:
@@ -729,10 +739,11 @@ def check_run_config(run_dir: Path, cfg) -> None:
     if not path.exists():
         return
     try:
-        saved = {**TRAIN_ADDED, **json.loads(path.read_text())}
+        saved = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not valid JSON ({e}). Fix: delete {run_dir} to start afresh.") from e
     want = cfg.to_dict()
+    saved = {**TRAIN_ADDED, **saved}
     diff = sorted(k for k in set(saved) | set(want) if k not in RUNTIME_KEYS and saved.get(k) != want.get(k))
     if diff:
         raise ResultFileError(
@@ -1873,9 +1884,7 @@ def run_bench(table: Table, results_dir: Path, smoke: bool = False) -> dict[str,
         return json.loads(out.read_text())
     threads = table.threads or 1
     kwargs = dict(base="random:test_vit", steps=1, batch_size=2) if smoke else dict(steps=5, threads=threads)
-    commit, dirty = git_commit(), git_dirty()
-    result = benchmark(out=out, **kwargs)
-    result["git_commit"], result["git_dirty"] = commit, dirty
+    result = benchmark(out=out, **kwargs)  # records the commit at its start
     result["smoke"] = smoke
     from .evaluation import save_result
 

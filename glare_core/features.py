@@ -6,7 +6,8 @@ computed once per (backbone weights, dataset, resolution, layers) and stored in 
 
 * the key hashes every parameter and buffer of the backbone (so an adapter that changed by one step gets a new
   key), the dataset's name, split and image files (path, size, modification time; or the pixels themselves for
-  in-memory datasets such as ``synthetic``), the input resolution and the block indices;
+  in-memory datasets such as ``synthetic``), the input resolution and the block indices; cached labels are
+  keyed on the label files (path, size, modification time) and the class mapping too;
 * storage is safetensors, features in fp16 ((N, C, h, w) with C = D x number of layers), labels as uint8;
 * writes are atomic (a temporary file, then ``os.replace``), so an interrupted run never leaves a half file.
 
@@ -114,8 +115,8 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     """A hash identifying a dataset's content: name, split, length and image files (path, size, mtime).
 
     Datasets whose ``image_paths`` are not files on disk (in-memory or synthetic data) are hashed by their
-    pixels and labels instead. Label files are not part of the file hash: replace a dataset's label maps in
-    place and the cached labels go stale (delete ``cache_dir()/features`` then).
+    pixels and labels instead. Label files are hashed separately by :func:`label_fingerprint`, so cached
+    features survive a change of labels and cached labels do not.
     """
     h = hashlib.sha256()
     n = len(dataset)
@@ -133,6 +134,28 @@ def dataset_fingerprint(dataset: Dataset) -> str:
             h.update(item["image"].contiguous().numpy().tobytes())
             if "label" in item:
                 h.update(item["label"].contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def label_fingerprint(dataset: Dataset) -> str:
+    """A hash of a dataset's labels: its classes, label mapping and label files (path, size, mtime).
+
+    Part of the key of cached labels: rewrite a label map in place and its cached labels are recomputed.
+    In-memory datasets (no ``label_paths`` on disk) are covered by :func:`dataset_fingerprint`, which hashes
+    their labels' values.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(list(getattr(dataset, "classes", []) or []), default=str).encode())
+    mapping = getattr(getattr(dataset, "label_map", None), "mapping", None)
+    if mapping is not None:  # raw id -> train id
+        h.update(json.dumps(sorted(mapping.items())).encode())
+    for p in getattr(dataset, "label_paths", None) or []:
+        try:
+            st = os.stat(p)
+        except OSError:
+            h.update(f"{os.path.abspath(p)}|missing".encode())
+            continue
+        h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
@@ -345,7 +368,8 @@ def extract_features(
     backbone_fp = backbone_fingerprint(backbone) if cache else ""
     precision = resolve_precision(precision, next(backbone.parameters()).device).name
     feat_key = cache_key("features", backbone_fp, data_fp, size, layer_ids, precision)
-    label_key = cache_key("labels", data_fp, size if labels == "probe" else "full", str(ltype))
+    label_fp = label_fingerprint(dataset) if cache and labels is not None else ""
+    label_key = cache_key("labels", data_fp, label_fp, size if labels == "probe" else "full", str(ltype))
     feats = labs = None
     if store is not None:
         hit = store.load(feat_key)

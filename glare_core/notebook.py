@@ -30,6 +30,7 @@ import torch
 
 from .backbone import Backbone
 from .paths import REPO_ROOT, data_roots, smoke_mode
+from .runs import safe_torch_load
 
 #: Where Colab readers install the package from (``pip install --no-deps`` of this repository).
 REPOSITORY_URL = "https://github.com/glare-book/glare-book"
@@ -246,8 +247,8 @@ def load_result(path: Path) -> Any:
     try:
         if suffix == ".json":
             return json.loads(path.read_text())
-        if suffix in (".pt", ".pth"):
-            return torch.load(path, map_location="cpu", weights_only=False)
+        if suffix in (".pt", ".pth"):  # tensors and plain data only: a stored file never runs code
+            return safe_torch_load(path, "stored result")
         if suffix == ".npz":
             with np.load(path) as data:
                 return {k: data[k] for k in data.files}

@@ -187,7 +187,10 @@ class GlareObjective(nn.Module):
 
         Returns:
             The scalar loss (float32, with gradients into the trained tensors) and float logs: ``loss``,
-            ``loss_global``, ``loss_local``, ``loss_regional`` (for the terms that are on), ``teacher_temp``.
+            ``loss_global``, ``loss_local``, ``loss_regional`` (for the terms that are on), DINO's collapse
+            diagnostics of each term's teacher targets, ``teacher_entropy_<term>`` and
+            ``teacher_kl_uniform_<term>`` (:func:`~glare_core.losses.global_consistency.collapse_stats`; both
+            against ln K), and ``teacher_temp``.
         """
         net = unwrap(model)
         if isinstance(images, TrunkBatch):
@@ -292,6 +295,15 @@ class GlareObjective(nn.Module):
             loss = loss + cfg.lambda_regional * L_R
             logs["loss_regional"] = float(L_R.detach())
         logs["loss"] = float(loss.detach())
+        for name, term in (
+            ("global", self.global_loss),
+            ("local", self.local_loss),
+            ("regional", self.region_loss),
+        ):
+            for key, value in getattr(
+                term, "diagnostics", {}
+            ).items():  # collapse_stats of the teacher targets
+                logs[f"teacher_{key}_{name}"] = value
         logs["teacher_temp"] = teacher_temperature(
             step, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_steps
         )

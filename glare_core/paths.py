@@ -1,6 +1,7 @@
 """Where data, weights and runs live.
 
-* Data: ``$GLARE_DATA_DIR``, then ``../shared/data`` beside the checkout, then the user cache
+* Data: ``$GLARE_DATA_DIR`` alone when it is set (a wrong value is an error, never a silent fall-back to
+  another copy); otherwise ``../shared/data`` beside the checkout, then the user cache
   (``~/.cache/glare/data``), where the Colab download helpers put what they fetch.
 * Cache (converted weights, cached features): ``$GLARE_CACHE_DIR``, else ``$XDG_CACHE_HOME/glare``, else
   ``~/.cache/glare``.
@@ -32,10 +33,14 @@ def cache_dir() -> Path:
 
 
 def data_roots() -> list[Path]:
-    """The folders searched for datasets, in order (existing or not)."""
-    roots = []
+    """The folders searched for datasets, in order (existing or not).
+
+    ``$GLARE_DATA_DIR``, when set, is the only one: the user chose it, so a dataset missing there must be an
+    error rather than a different copy found elsewhere.
+    """
     if os.environ.get("GLARE_DATA_DIR"):
-        roots.append(Path(os.environ["GLARE_DATA_DIR"]))
+        return [Path(os.environ["GLARE_DATA_DIR"]).expanduser().resolve()]
+    roots = []
     roots.append(REPO_ROOT.parent / "shared" / "data")
     roots.append(Path.cwd().parent / "shared" / "data")
     roots.append(_cache_root() / "data")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import NonFiniteError
 from .metrics import IGNORE_INDEX, ConfusionMatrix
 
 HEADS = ("linear", "decoder")
@@ -149,6 +150,10 @@ def train_probe(
         raise ValueError(f"{features.shape[0]} feature maps but {labels.shape[0]} labels")
     if steps < 1:
         raise ValueError("steps must be >= 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr} must be a finite number > 0")
     device = next(head.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     params = list(head.parameters())
@@ -180,6 +185,12 @@ def train_probe(
             y[f] = y[f].flip(-1)
         logits = F.interpolate(head(x), size=size, mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"probe training: the loss is {float(loss.detach())} at step {len(losses)} of {steps} "
+                f"(lr {lr}); the features or the learning rate are broken, so no mIoU is reported. Fix: "
+                "lower the probe's --lr, or check the backbone / adapter (non-finite features)."
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

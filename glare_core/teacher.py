@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ import torch
 from torch import nn
 
 from .backbone import Backbone, BackboneOutput
+from .errors import CheckpointError
 from .heads import DINOHead, HeadConfig, head_from_state_dict
+from .runs import check_finite_state
 from .tuning import configure_tuning
 
 TRAINED_MODES = ("adapter", "lora", "full")
@@ -426,7 +429,12 @@ class StudentTeacher(nn.Module):
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then swapped in atomically
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def load_adapter(self, path: str | Path) -> None:
@@ -453,12 +461,41 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise FileNotFoundError(
             f"adapter file {path} does not exist; export one with StudentTeacher.export_adapter"
         )
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends name no file
+        raise CheckpointError(
+            f"{path}: not a readable adapter file ({type(e).__name__}: {e}); it is truncated or corrupt. "
+            "Fix: export it again (glare pretrain --out RUN --resume re-exports a finished run)."
+        ) from None
     if meta.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path} is not a GLARE adapter file (format {meta.get('format')!r})")
+        raise CheckpointError(f"{path} is not a GLARE adapter file (format {meta.get('format')!r})")
+    check_finite_state(tensors.items(), f"adapter file {path}", error=CheckpointError)
     return tensors, meta
+
+
+def check_adapter_base(path: str | Path, meta: Mapping[str, str], base: str) -> None:
+    """Refuse an adapter whose recorded base (metadata ``base``) is another named base than ``base``.
+
+    An adapter only means something on the weights it was trained on. Weight files given by path are not
+    compared (a renamed copy of the same file is common); names (``dino_vits16``, ``random:test_vit`` ...)
+    are.
+
+    Raises:
+        CheckpointError: naming the file, both bases and the fix.
+    """
+    recorded = meta.get("base") or ""
+
+    def is_path(name: str) -> bool:
+        return "/" in name or "\\" in name or Path(name).suffix in (".pth", ".pt", ".bin", ".safetensors")
+
+    if recorded and not is_path(recorded) and not is_path(base) and recorded != base:
+        raise CheckpointError(
+            f"{path}: this adapter was trained on base {recorded!r}, not {base!r}; on another base its "
+            f"numbers mean nothing. Fix: pass --base {recorded}, or the adapter trained for {base}."
+        )
 
 
 def apply_adapter(backbone: Backbone, path: str | Path) -> Backbone:

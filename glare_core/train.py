@@ -43,7 +43,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
+from . import runs, telemetry
 from .config import TrainConfig
+from .errors import NonFiniteError
 from .objective import GlareObjective
 from .paths import smoke_mode
 from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
@@ -56,8 +58,9 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+class NonFiniteLossError(NonFiniteError, RuntimeError):
+    """The loss (or the weights about to be checkpointed) became NaN or infinite; the last good checkpoint is
+    left untouched."""
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -212,18 +215,44 @@ def build_feed(cfg: TrainConfig, info: Any, start_step: int) -> tuple[DataLoader
 
 # ---------------------------------------------------------------------------- state, checkpoints, logs
 def rng_state() -> dict[str, Any]:
-    """Random-number states of torch (CPU and CUDA), numpy and Python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Random-number states of torch (CPU and CUDA), numpy and Python, as tensors and plain data.
+
+    Nothing in it needs pickle (numpy's Mersenne-Twister keys and Python's become int64 tensors), so a
+    checkpoint that holds it loads with ``torch.load(weights_only=True)``.
+    """
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # (624,) MT19937 words
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),  # (625,) MT19937 words and position
+            "gauss_next": gauss_next,
+        },
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
+    """Restore what :func:`rng_state` returned (also the older layout with numpy's own state tuple)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np_state, py_state = state["numpy"], state["python"]
+    if isinstance(np_state, dict):
+        keys = np_state["keys"].numpy().astype(np.uint32)
+        np_state = ("MT19937", keys, np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
+    np.random.set_state(np_state)
+    if isinstance(py_state, dict):
+        internal = tuple(int(x) for x in py_state["internal"].tolist())
+        py_state = (py_state["version"], internal, py_state["gauss_next"])
+    random.setstate(py_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -330,6 +359,26 @@ def select_attention(model: nn.Module, kind: str, device: torch.device, precisio
         if hasattr(module, "fused_attn") and hasattr(module, "qkv"):
             module.fused_attn = kind == "fused"
     return kind
+
+
+def clip_gradients(params: list[nn.Parameter], clip: float, mode: str = "global") -> torch.Tensor:
+    """Clip gradients in place; returns the total gradient norm before clipping (for the logs).
+
+    ``"global"``: one factor for all tensors (``torch.nn.utils.clip_grad_norm_``). ``"per_tensor"``: each
+    tensor's gradient is scaled to norm at most ``clip`` on its own (DINO's ``utils.clip_gradients``). A
+    ``clip`` of 0 or less clips nothing.
+    """
+    if mode == "global":
+        return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+    grads = [p.grad for p in params if p.grad is not None]
+    total = (
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+    )
+    if clip > 0:
+        for g in grads:
+            norm = torch.linalg.vector_norm(g)
+            g.mul_(torch.clamp(clip / (norm + 1e-6), max=1.0))
+    return total if total is not None else torch.zeros(())
 
 
 def param_groups(groups: dict[str, list[nn.Parameter]]) -> list[dict[str, Any]]:
@@ -447,7 +496,7 @@ def build_run(
     objective = GlareObjective(objective_cfg).to(device)
     maybe_compile(model, cfg.compile)
     # The student pass is model.forward, so DDP can wrap the model (and average gradients over the ranks).
-    unused = model.separate_patch_head and not (cfg.objective.use_local or cfg.objective.use_regional)
+    unused = _heads_may_be_unused(model, cfg)
     student = dist_utils.wrap_ddp(model, info, find_unused_parameters=unused)
     groups = param_groups(model.param_groups())
     return Run(
@@ -505,8 +554,7 @@ def train_step(run: Run, images: torch.Tensor, step: int) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
     run.scaler.unscale_(run.optimizer)
-    clip = run.cfg.clip_grad if run.cfg.clip_grad > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)
+    grad_norm = clip_gradients(run.params, run.cfg.clip_grad, run.cfg.clip_grad_mode)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.model.update_teacher(momentum)  # EMA of the student's trainable tensors (and heads), in float32
@@ -529,21 +577,30 @@ def train_step(run: Run, images: torch.Tensor, step: int) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- the loop
 @with_cpu_threads
-def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def pretrain(
+    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Continual self-supervised pre-training of the student's UniAdapters; writes a run folder.
 
     Args:
         cfg: the configuration (a preset with ``--set`` overrides).
         out_dir: run folder; gets ``config.json``, ``metrics.jsonl`` (one line per step), ``checkpoint.pt``,
-            ``adapter.safetensors`` (the trained tensors only) and ``summary.json``.
-        resume: continue from ``out_dir/checkpoint.pt`` (exactly: same result as an uninterrupted run).
+            ``adapter.safetensors`` (the EMA teacher's trained tensors, what the tables evaluate),
+            ``adapter_student.safetensors`` (the student's) and ``summary.json``.
+        resume: continue from ``out_dir/checkpoint.pt`` (exactly: same result as an uninterrupted run). The
+            config must equal the recorded one up to :data:`glare_core.runs.RESUME_SAFE_KEYS`.
+        overwrite: replace a run already in ``out_dir`` (without it, such a folder is refused).
 
     Returns:
         The summary (also written to ``summary.json``): steps, minutes, images/s, final losses, parameter
         counts, the precision used and why.
 
     Raises:
-        NonFiniteLossError: when the loss is NaN or infinite (the last good checkpoint is kept).
+        NonFiniteLossError: when the loss, or a weight or gradient about to be checkpointed, is NaN or
+            infinite (the last good checkpoint is kept).
+        RunFolderError: ``out_dir`` holds a run (without ``resume`` / ``overwrite``), is not writable, or the
+            resumed run was recorded with other settings; checked before anything is written.
+        CheckpointError: the checkpoint to resume is unsafe, corrupt or foreign (the message names it).
         RuntimeError: on CUDA out-of-memory, naming a smaller preset.
     """
     cfg.validate()
@@ -551,17 +608,12 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
 
     info = dist_utils.init_distributed(cfg.device)
     device = info.device
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
+    # 0. The run folder: checked before anything is written (nothing is written until step 3).
+    runs.check_run_folder(out, resume=resume, overwrite=overwrite)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-    checkpoint = None
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(
-                f"--resume: no checkpoint at {ckpt_path}; run without --resume to start afresh"
-            )
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = runs.load_checkpoint(ckpt_path) if resume else None
+    if checkpoint is not None:
+        runs.check_resume_config(out, checkpoint.get("config") or cfg.to_dict(), cfg.to_dict())
     start_step = int(checkpoint["step"]) if checkpoint else 0
 
     # 1. Data: unlabelled target-domain images at a fixed working size, this rank's slice of each batch.
@@ -585,8 +637,17 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
     if cfg.trunk_blocks:
         bank, trunk = prepare_bank(run, loader.dataset.dataset)
         check_resumed_bank(checkpoint, trunk, ckpt_path)
+    probe, measured = (
+        None,
+        None,
+    )  # the instruments' fixed batch and its base tokens (the model is the base now)
+    if cfg.telemetry_every > 0 and info.is_main:
+        fixed = head_init_images(loader.dataset, cfg.objective.views.global_size, device, count=8)
+        probe = telemetry.make_probe(model.teacher, fixed, run.precision)
 
-    # 3. Resume: restore every tensor and state the next step reads.
+    # 3. Resume: restore every tensor and state the next step reads. The run folder is written from here on.
+    if info.is_main:
+        _start_writing(out, cfg, fresh=checkpoint is None)
     seed_everything(cfg.seed + 1000 * info.rank)  # each rank draws its own views
     if checkpoint:
         model.load_state_dict(checkpoint["model"], strict=False)
@@ -613,7 +674,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         batches = trunk_batches(bank, loader.batch_sampler, device, cfg.seed)
     else:
         batches = iter(loader)
-    t_run, seen, record = time.perf_counter(), 0, {}
+    t_run, seen, step_record = time.perf_counter(), 0, {}
     model.train()
     try:
         for step in range(start_step, total_steps):
@@ -621,7 +682,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
             batch = next(batches)  # uint8 (B / K, 3, S, S): this rank's slice of the global batch
             images = _step_input(batch, device)  # in [0, 1] (or cached trunk tokens)
             try:
-                record = train_step(run, images, step)
+                step_record = train_step(run, images, step)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(
                     f"{e}; the last good checkpoint ({ckpt_path}) is untouched. Lower the learning rate "
@@ -631,10 +692,13 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
             dt = time.perf_counter() - t0
             record = {
                 "step": step + 1,
-                **record,
+                **step_record,
                 "images_per_s": len(images) * info.world_size / dt,
                 "seconds": time.perf_counter() - t_run,
             }
+            if probe is not None and ((step + 1) % cfg.telemetry_every == 0 or step + 1 == total_steps):
+                measured = telemetry.measure(model, probe)
+                record.update(telemetry.flat(measured))
             if info.is_main:
                 append_jsonl(metrics_path, record)
                 if bar is not None:
@@ -664,17 +728,12 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         if bar is not None:
             bar.close()
 
-    # 5. Export the trained tensors and a summary.
-    if start_step >= total_steps and (out / "summary.json").exists():  # resumed a finished run
+    # 5. Export the trained tensors and a summary (each written atomically).
+    if start_step >= total_steps and runs.finished_run_intact(out):  # resumed a finished run
         dist_utils.barrier(info)
-        return json.loads((out / "summary.json").read_text())
+        return runs.read_summary(out)
     minutes = (time.perf_counter() - t_run) / 60
-    final_terms = {
-        k: v
-        for k, v in record.items()
-        if k
-        not in ("step", "loss", "lr", "lr_adapter", "wd", "momentum", "grad_norm", "images_per_s", "seconds")
-    }
+    final_terms = {k: v for k, v in step_record.items() if k.startswith(("loss_", "teacher_"))}
     summary = {
         "preset": cfg.preset,
         "steps": total_steps,
@@ -691,14 +750,18 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dic
         "precision_requested": run.precision.requested,
         "precision_reason": run.precision.reason,
         "ema_dtype": model.ema_dtype(),
+        "ln_k": math.log(model.out_dim),  # the value of a cross-entropy between uniform distributions
+        "telemetry": measured,
         "attention": select_attention(model, cfg.attention, device, run.precision.name),
         "device": str(device),
         "world_size": info.world_size,
+        "data_root": _data_root(loader),
         "trunk": trunk,
     }
     if info.is_main:
         model.export_adapter(out / "adapter.safetensors")  # the EMA teacher's adapters, as DINO evaluates
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        model.export_adapter(out / "adapter_student.safetensors", which="student")  # to compare with
+        runs.atomic_write_json(out / "summary.json", summary)
     dist_utils.barrier(info)
     return summary
 
@@ -716,19 +779,71 @@ def _checkpoint(path: Path, run: Run, position: dict[str, Any]) -> None:
     ``position`` holds the step (which fixes the schedules and the data order), the run's total steps and the
     sampler's state.
     """
+    runs.check_finite_state(
+        _trained_tensors(run.model, run.objective, run.frozen), f"checkpoint at step {position['step']}"
+    )
     rngs = dist_utils.gather_objects(rng_state(), run.info)
     if run.info.is_main:
         state = {
             **position,
             "model": run_state_dict(run.model, run.frozen),
             "objective": run.objective.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
+            "optimizer": _plain_numbers(run.optimizer.state_dict()),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
             "rng": rngs,
             "config": run.cfg.to_dict(),
         }
         atomic_save(state, path)
     dist_utils.barrier(run.info)
+
+
+def _heads_may_be_unused(model: StudentTeacher, cfg: TrainConfig) -> bool:
+    """True when some trained head takes no part in the loss, so DDP must look for unused parameters: a
+    separate patch head with L and R off, or the [CLS] head beside a separate patch head with G off."""
+    o = cfg.objective
+    return model.separate_patch_head and (not (o.use_local or o.use_regional) or not o.use_global)
+
+
+def _plain_numbers(obj: Any) -> Any:
+    """``obj`` with numpy scalars (the schedules' learning rates in the optimiser's groups) as Python numbers,
+    so the checkpoint holds tensors and plain data only."""
+    if isinstance(obj, dict):
+        return {k: _plain_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain_numbers(v) for v in obj)
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
+def _start_writing(out: Path, cfg: TrainConfig, fresh: bool) -> None:
+    """Create the run folder and record the config (a new run; ``--overwrite`` clears the old run's files
+    first); remove temporaries an interrupted write left. A resumed run keeps its recorded ``config.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs.remove_stale_temporaries(out)
+    if fresh:
+        runs.clear_run_files(out)
+    if fresh or not (out / "config.json").exists():
+        runs.atomic_write_json(out / "config.json", cfg.to_dict())
+
+
+def _trained_tensors(
+    model: nn.Module, objective: Any, frozen: set[int]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """What a checkpoint saves, plus the gradients: trained weights and their gradients, the EMA teacher's
+    copies and buffers (everything but the frozen base) and the objective's state (centres)."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.grad is not None:
+            yield f"{name}.grad", p.grad
+    for name, t in model.state_dict().items():
+        if t.data_ptr() not in frozen:
+            yield name, t
+    if isinstance(objective, nn.Module):
+        yield from objective.state_dict().items()
+
+
+def _data_root(loader: DataLoader) -> str | None:
+    """The dataset folder the run read (recorded in ``summary.json``), or None for generated data."""
+    root = getattr(loader.dataset.dataset, "root", None)
+    return str(Path(root).resolve()) if root is not None else None
 
 
 def _last_loss(metrics_path: Path) -> float | None:

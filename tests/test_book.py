@@ -26,7 +26,6 @@ from glare_core.backbone import create_backbone
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 TOC_NOTEBOOKS = book_toc.toc_notebooks(ROOT / "_toc.yml")
-COLAB = "https://colab.research.google.com/github/glare-book/glare-book/blob/main/book/{name}.ipynb"
 
 
 def _load(path: Path) -> nbformat.NotebookNode:
@@ -64,6 +63,44 @@ def test_config_builds_offline_from_committed_outputs():
         assert (ROOT / bib).is_file(), bib
     for name, folder in config["sphinx"].get("local_extensions", {}).items():
         assert (ROOT / folder / f"{name}.py").is_file(), f"local extension {name} not in {folder}"
+
+
+def test_colab_link_is_the_launch_button_of_the_config():
+    """The badge opens what the launch button opens: {colab_url}/github/{repo}/blob/{branch}/{path}"""
+    assert book_toc.colab_link("book/global.ipynb", ROOT / "_config.yml") == (
+        "https://colab.research.google.com/github/glare-book/glare-book/blob/main/book/global.ipynb"
+    )
+    assert book_toc.COLAB_BADGE_IMAGE.startswith("https://"), "a relative badge image is broken in Colab"
+    assert book_toc.main(["badges"]) == 0
+
+
+def test_badges_follow_the_repository_url_of_the_config(tmp_path):
+    """Change repository.url in one place, run ``book_toc badges --fix``: every badge follows."""
+    (tmp_path / "book").mkdir()
+    shutil.copy(ROOT / "book" / "global.ipynb", tmp_path / "book" / "global.ipynb")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/global\n")
+    config = (ROOT / "_config.yml").read_text().replace("glare-book/glare-book", "someone/fork")
+    (tmp_path / "_config.yml").write_text(config.replace("branch: main", "branch: dev"))
+    problems = book_toc.check_badges(tmp_path / "_toc.yml")
+    assert len(problems) == 1 and "someone/fork/blob/dev/book/global.ipynb" in problems[0]
+    assert book_toc.check_badges(tmp_path / "_toc.yml", fix=True) == []
+    first = _load(tmp_path / "book" / "global.ipynb").cells[0].source
+    assert "https://colab.research.google.com/github/someone/fork/blob/dev/book/global.ipynb" in first
+
+
+def test_repository_url_is_the_same_everywhere():
+    """Notebooks (badges, set-up cells) and the package name the repository of _config.yml, and no other."""
+    config_repo = book_toc.repository_url(ROOT / "_config.yml").removeprefix("https://github.com/")
+    texts = {str(p.relative_to(ROOT)): "\n".join(c.source for c in _load(p).cells) for p in TOC_NOTEBOOKS}
+    texts |= {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "glare_core").rglob("*.py")}
+    texts |= {name: (ROOT / name).read_text() for name in ("README.md", "CONTRIBUTING.md", "pyproject.toml")}
+    found = {}
+    for name, text in texts.items():
+        for repo in re.findall(r"github(?:\.com)?/([\w.-]+/[\w.-]+)", text):
+            repo = repo.removesuffix(".git")
+            if "glare" in repo.lower():
+                found.setdefault(repo, set()).add(name)
+    assert set(found) == {config_repo}, f"_config.yml says {config_repo}; elsewhere: {found}"
 
 
 # ==================== table of contents
@@ -129,7 +166,10 @@ def test_chapter_opens_with_goals_prerequisites_times_and_colab_badge(chapter):
     text = first.source
     for part in ("Learning goals", "Prerequisites", "Colab T4", "CPU"):
         assert part in text, f"{path.name}: first cell lacks {part!r}"
-    assert COLAB.format(name=path.stem) in text, f"{path.name}: no Open in Colab badge linking to itself"
+    badge = book_toc.colab_badge(path.relative_to(ROOT), ROOT / "_config.yml")
+    assert badge in text, (
+        f"{path.name}: no Open in Colab badge {badge} (python -m glare_core.book_toc badges --fix)"
+    )
     assert "{cpu_time}" not in text, f"{path.name}: run-time placeholder left in the first cell"
 
 
@@ -144,6 +184,14 @@ def test_chapter_has_exactly_one_setup_cell(chapter):
     assert code[0] is setup_cells[0], f"{path.name}: the setup cell must be the first code cell"
 
 
+#: A solution a reader can reveal in Colab, Jupyter and the built book alike: an HTML <details> block (MyST's
+#: ``:::{dropdown}`` shows as plain text in Colab and Jupyter). The blank lines let Markdown and maths render.
+SOLUTION_BLOCK = re.compile(
+    r"^(?P<ind>[ \t]*)<details>\n(?P=ind)<summary>Solution</summary>\n\n(?P<body>.*?)\n\n(?P=ind)</details>$",
+    re.M | re.S,
+)
+
+
 def test_chapter_ends_with_summary_and_graded_exercises_with_hidden_solutions(chapter):
     path, nb = chapter
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
@@ -151,10 +199,21 @@ def test_chapter_ends_with_summary_and_graded_exercises_with_hidden_solutions(ch
     match = re.search(r"^## Exercises\s*$", markdown, re.M)
     assert match, f"{path.name}: no '## Exercises'"
     exercises = markdown[match.end() :]
-    assert "★" in exercises, f"{path.name}: exercises are not graded (★, ★★, ★★★)"
-    assert ":::{dropdown}" in exercises or "{toggle}" in exercises, (
-        f"{path.name}: solutions not in a dropdown"
+    graded = re.findall(r"^\d+\. (★+) ", exercises, re.M)
+    assert graded, f"{path.name}: exercises are not graded (a numbered list starting with ★, ★★ or ★★★)"
+    assert ":::{dropdown}" not in markdown and "{toggle}" not in markdown, (
+        f"{path.name}: a MyST dropdown/toggle shows as plain text in Colab and Jupyter; use <details>"
     )
+    blocks = list(SOLUTION_BLOCK.finditer(exercises))
+    assert len(blocks) == len(graded), (
+        f"{path.name}: {len(graded)} exercises but {len(blocks)} solution blocks of the form "
+        "'<details>' / '<summary>Solution</summary>' / blank line / ... / blank line / '</details>'"
+    )
+    assert markdown.count("<details>") == markdown.count("</details>") == len(blocks), (
+        f"{path.name}: a <details> block outside the exercises or not closed"
+    )
+    for block in blocks:
+        assert "<details>" not in block["body"], f"{path.name}: a solution block contains another <details>"
 
 
 def test_chapter_outputs_are_committed_without_errors(chapter):
@@ -168,6 +227,78 @@ def test_chapter_outputs_are_committed_without_errors(chapter):
             )
             if out.output_type == "stream" and out.name == "stderr":
                 assert "Traceback" not in out.text, f"{path.name}, code cell {i}: traceback on stderr"
+
+
+#: The experiment tables under results/ (a folder of cells/*.json, each stamped with its ``finished`` time).
+RESULT_TABLES = sorted({p.parent.parent.name for p in (ROOT / "results").glob("*/cells/*.json")})
+
+
+def _tables_read(nb: nbformat.NotebookNode) -> set[str]:
+    """The result tables a chapter's code reads: ``results/<table>``, ``RESULTS_DIR, "<table>"`` or a call's
+    first argument ``f("<table>", ...)`` (``get_table("main")``); not ``cfg["steps"]`` nor a tuple of keys."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    if not re.search(r"RESULTS_DIR|get_table\(|results/", code):
+        return set()
+    pattern = r"results/{t}\b|(?:\w\(|RESULTS_DIR\s*[,/])\s*[\"']{t}[\"']"
+    return {t for t in RESULT_TABLES if re.search(pattern.format(t=t), code)}
+
+
+def _executed_at(nb: nbformat.NotebookNode) -> str | None:
+    """When the committed outputs were produced: the last ``iopub.status.idle`` that nbconvert recorded."""
+    stamps = [
+        c.metadata.get("execution", {}).get("iopub.status.idle") for c in nb.cells if c.cell_type == "code"
+    ]
+    return max((s for s in stamps if s), default=None)
+
+
+def _utc(stamp: str):
+    from datetime import datetime, timezone
+
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+#: Chapters whose stale outputs are known and waiting, with the reason (an xfail, never a silent pass).
+STALE_KNOWN = {
+    "efficiency.ipynb": "reads only the trainable-parameter counts of results/main (unchanged by the later "
+    "cells); its timing cells need an idle 2-core machine to be re-measured",
+}
+
+
+def test_chapter_outputs_are_newer_than_the_results_they_read(chapter):
+    """A chapter that shows a results table must have been executed after the table's last cell finished."""
+    path, nb = chapter
+    tables = _tables_read(nb)
+    if not tables:
+        return
+    executed = _executed_at(nb)
+    assert executed, (
+        f"{path.name} reads {sorted(tables)} but its outputs carry no execution time (run nbconvert)"
+    )
+    stale = {}
+    for table in sorted(tables):
+        finished = [
+            json.loads(f.read_text()).get("finished")
+            for f in (ROOT / "results" / table / "cells").glob("*.json")
+        ]
+        newest = max((_utc(f) for f in finished if f), default=None)
+        if newest is not None and newest > _utc(executed):
+            stale[table] = newest.isoformat()
+    command = f"GLARE_SMOKE=0 jupyter execute --inplace --timeout=1800 {path.relative_to(ROOT)}"
+    if stale and path.name in STALE_KNOWN:
+        pytest.xfail(f"{path.name} is stale ({stale}): {STALE_KNOWN[path.name]}; re-execute: {command}")
+    assert not stale, (
+        f"{path.name}: outputs from {executed}, older than the results they read (newest cell finished: "
+        f"{stale}); re-execute it: {command}"
+    )
+
+
+def test_stale_output_check_catches_an_old_chapter():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('load_cells(RESULTS_DIR, "main")\nsteps = cfg["steps"]')]
+    nb.cells[0].metadata["execution"] = {"iopub.status.idle": "2000-01-01T00:00:00.000000Z"}
+    assert "main" in RESULT_TABLES and _tables_read(nb) == {"main"}
+    assert _utc(_executed_at(nb)) < _utc("2000-01-02T00:00:00+00:00")
 
 
 def test_chapter_stores_no_widget_state(chapter):
@@ -307,13 +438,55 @@ def test_figure_helpers():
     plt.close(fig)
 
 
-# ==================== page checker
-def _load_check_pages():
-    spec = importlib.util.spec_from_file_location("check_pages", ROOT / "tools" / "check_pages.py")
+# ==================== student edition
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def test_strip_solutions_removes_each_block_and_nothing_else():
+    se = _load_tool("student_edition")
+    text = (
+        "1. ★ Question one?\n\n   <details>\n   <summary>Solution</summary>\n\n   $x^2$ and\n\n"
+        "   ```python\n   print(1)\n   ```\n\n   </details>\n\n2. ★★ Question two.\n\n   <details>\n"
+        "   <summary>Solution</summary>\n\n   Two.\n\n   </details>\n\n<details>\n<summary>More</summary>\n\n"
+        "kept\n\n</details>\n"
+    )
+    stripped, n = se.strip_solutions(text)
+    assert n == 2
+    kept = "<details>\n<summary>More</summary>\n\nkept\n\n</details>\n"
+    assert stripped == "1. ★ Question one?\n\n2. ★★ Question two.\n\n" + kept
+    with pytest.raises(ValueError, match="line 4"):
+        se.strip_solutions("1. ★ Q?\n\n   <details>\n   <summary>Solution</summary>\n\n   open block\n")
+
+
+def test_student_edition_has_every_exercise_and_no_solution(tmp_path):
+    se = _load_tool("student_edition")
+    out = tmp_path / "student"
+    removed = se.write_student_edition(ROOT, out)
+    for path in TOC_NOTEBOOKS:
+        rel = str(path.relative_to(ROOT))
+        original, copy = _load(path), _load(out / rel)
+        exercises = "\n".join(c.source for c in original.cells if c.cell_type == "markdown").split(
+            "## Exercises"
+        )[-1]
+        assert removed.get(rel, 0) == len(re.findall(r"^\d+\. ★", exercises, re.M)), rel
+        text = "\n".join(c.source for c in copy.cells if c.cell_type == "markdown")
+        assert "<summary>Solution" not in text and "<details>" not in text, rel
+        assert len(re.findall(r"^\d+\. ★", text.split("## Exercises")[-1], re.M)) == removed[rel], rel
+        assert [c.get("outputs") for c in copy.cells] == [c.get("outputs") for c in original.cells], rel
+    assert (out / "_toc.yml").read_text() == (ROOT / "_toc.yml").read_text()
+    assert (out / "_config.yml").is_file() and (out / "book" / "references.bib").is_file()
+    with pytest.raises(ValueError, match="overwrite"):
+        se.write_student_edition(ROOT, ROOT / "book" / "student")
+
+
+# ==================== page checker
+def _load_check_pages():
+    return _load_tool("check_pages")
 
 
 def test_check_pages_lists_pages_and_follows_redirects(tmp_path):

@@ -460,3 +460,29 @@ def test_real_idd_lite_counts_and_item():
     item = ds[1]
     check_item(ds, item)
     assert tuple(item["image"].shape) == (3, 227, 320)
+
+
+def test_tuning_split_is_fixed_disjoint_and_covers_train():
+    from glare_core.data.base import tuning_indices
+
+    train, val = tuning_indices(367)
+    assert (len(train), len(val)) == (300, 67)
+    assert not set(train) & set(val) and sorted(train + val) == list(range(367))
+    assert tuning_indices(367) == (train, val)  # the same for every run
+    ds = build_dataset("synthetic", "tune_val", num_images=20, seed=3)
+    assert (
+        ds.split == "tune_val"
+        and len(ds) == 4
+        and len(build_dataset("synthetic", "tune_train", num_images=20)) == 16
+    )
+
+
+@needs_shared
+@pytest.mark.realdata
+def test_camvid_tuning_split_is_300_and_67_training_frames():
+    tune_train = build_dataset("camvid", "tune_train", labels=False)
+    tune_val = build_dataset("camvid", "tune_val", labels=False)
+    train = build_dataset("camvid", "train", labels=False)
+    assert (len(tune_train), len(tune_val)) == (300, 67)
+    assert set(tune_train.image_paths) | set(tune_val.image_paths) == set(train.image_paths)
+    assert not set(tune_train.image_paths) & set(tune_val.image_paths)

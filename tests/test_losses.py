@@ -157,3 +157,29 @@ def test_weight_norm_paths_agree_and_cache_follows_updates():
         updated = head(x)
     assert not torch.allclose(updated, cached)
     assert torch.allclose(updated, head(x).detach(), atol=1e-5)  # the cache was rebuilt
+
+
+def test_collapse_stats_tell_the_two_collapses_apart():
+    from glare_core.losses import collapse_stats
+
+    K = 8
+    uniform = collapse_stats(torch.full((4, K), 1 / K))
+    assert uniform["entropy"] == pytest.approx(math.log(K)) and uniform["kl_uniform"] == pytest.approx(
+        0, abs=1e-6
+    )
+    same = torch.zeros(4, K)
+    same[:, 3] = 1  # every target on one prototype: the dominant-dimension collapse
+    assert collapse_stats(same) == pytest.approx({"entropy": 0.0, "kl_uniform": math.log(K)}, abs=1e-5)
+    spread = torch.eye(K)  # sharp targets on different prototypes: healthy
+    assert collapse_stats(spread) == pytest.approx({"entropy": 0.0, "kl_uniform": 0.0}, abs=1e-5)
+
+
+def test_dino_loss_records_the_diagnostics_of_its_targets():
+    from glare_core.losses import collapse_stats
+
+    torch.manual_seed(0)
+    loss = DINOLoss(out_dim=16, warmup_teacher_temp_steps=0)
+    teacher = [torch.randn(5, 16), torch.randn(5, 16)]
+    loss([torch.randn(5, 16), torch.randn(5, 16)], teacher, step=0, update_center=False)
+    probs = torch.cat([loss.teacher_probs(t, 0) for t in teacher])
+    assert loss.diagnostics == pytest.approx(collapse_stats(probs))

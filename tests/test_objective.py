@@ -1,5 +1,7 @@
 """The GLARE objective end to end on the tiny test ViT: every term and variant, gradients, learning."""
 
+import math
+
 import pytest
 import torch
 
@@ -57,6 +59,10 @@ def test_every_variant_runs_with_gradients_only_on_trained_tensors(name):
     loss.backward()
     assert torch.isfinite(loss) and logs["loss"] == pytest.approx(loss.item())
     assert ("loss_local" in logs) == cfg.use_local and ("loss_regional" in logs) == cfg.use_regional
+    assert 0 <= logs["teacher_entropy_global"] <= math.log(m.out_dim) + 1e-4  # collapse diagnostics, vs ln K
+    assert 0 <= logs["teacher_kl_uniform_global"] <= math.log(m.out_dim) + 1e-4
+    patch_head_terms = cfg.use_local and cfg.local_variant in ("ce", "crossview")
+    assert ("teacher_entropy_local" in logs) == bool(patch_head_terms), sorted(logs)
     trained = {id(p) for g in m.param_groups().values() for p in g}
     for n, p in m.named_parameters():
         if id(p) not in trained:

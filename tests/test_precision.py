@@ -64,14 +64,16 @@ def test_the_measurement_is_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(prec, "matmul_gflops", fake)
     first = prec.measure_cpu_matmul()
     again = prec.measure_cpu_matmul()
-    assert (first["cached"], again["cached"]) == (0, 1) and len(calls) == 2
+    assert (first["cached"], again["cached"]) == (0, 1) and len(
+        calls
+    ) == 6  # three interleaved rounds of each
     assert again["bf16"] == 50.0
     stored = json.loads((tmp_path / "precision.json").read_text())
     assert list(stored["machines"]) == [prec._machine_key()]
     (tmp_path / "precision.json").write_text("{not json")  # a damaged cache is measured again, not an error
-    assert prec.measure_cpu_matmul()["cached"] == 0 and len(calls) == 4
+    assert prec.measure_cpu_matmul()["cached"] == 0 and len(calls) == 12
     prec.measure_cpu_matmul(refresh=True)
-    assert len(calls) == 6
+    assert len(calls) == 18
 
 
 def test_matmul_gflops_is_a_positive_rate():
@@ -203,3 +205,25 @@ def test_glare_system_reports_the_choice(tmp_path, monkeypatch, capsys):
     assert report["cpu_matmul_gflops"]["bf16"] == 0.5
     assert main(["system"]) == 0
     assert "precision auto" in capsys.readouterr().out
+
+
+def test_auto_picks_float32_where_bf16_matmul_is_slow(tmp_path):
+    """A real measurement: with torch, oneDNN and MKL limited to AVX2 kernels, this processor multiplies bf16
+    matrices the way one without bf16 units does (a few GFLOP/s), and ``auto`` must not pick bf16."""
+    import os
+    import subprocess
+    import sys
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("an x86 processor is needed to limit the kernels to AVX2")
+    env = {
+        **os.environ,
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "GLARE_CACHE_DIR": str(tmp_path),
+    }
+    code = "from glare_core.precision import resolve_precision as r; p = r('auto', 'cpu'); print(p.name)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "fp32", out.stdout

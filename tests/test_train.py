@@ -206,3 +206,27 @@ def test_cast_frozen_base_linears_is_exact_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(x).patches
     assert torch.equal(out, ref)
+
+
+def test_per_tensor_clipping_clips_each_gradient_on_its_own():
+    from glare_core.train import clip_gradients
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))
+    a.grad, b.grad = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.3, 0.4, 0.0, 0.0])  # norms 5 and 0.5
+    total = clip_gradients([a, b], 1.0, "per_tensor")
+    assert float(total) == pytest.approx((25 + 0.25) ** 0.5)
+    assert float(a.grad.norm()) == pytest.approx(1.0, rel=1e-5)  # clipped
+    assert torch.equal(b.grad, torch.tensor([0.3, 0.4, 0.0, 0.0]))  # under the threshold: untouched
+    a.grad, b.grad = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.3, 0.4, 0.0, 0.0])
+    clip_gradients([a, b], 1.0, "global")  # one factor for both
+    assert float(b.grad.norm()) == pytest.approx(0.5 / (25.25**0.5), rel=1e-4)
+
+
+def test_a_run_exports_the_student_and_the_teacher(tmp_path: Path):
+    from glare_core.teacher import read_adapter
+
+    summary = pretrain(smoke_cfg(steps=2, checkpoint_every=2), tmp_path)
+    teacher, _ = read_adapter(tmp_path / "adapter.safetensors")
+    student, _ = read_adapter(tmp_path / "adapter_student.safetensors")
+    assert teacher.keys() == student.keys() and summary["steps"] == 2
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the EMA teacher lags the student

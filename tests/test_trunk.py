@@ -322,13 +322,17 @@ def test_the_benchmark_times_the_trunk_step_and_its_bank(monkeypatch):
 
 
 def test_a_run_resumes_only_on_its_own_bank(tmp_path: Path, monkeypatch):
+    """A bank rebuilt with other contents under the same key (as another library version could) is refused
+    on resume: the checkpoint records the SHA-256 of the bank its steps read."""
+    from glare_core import trunk as trunk_mod
     from glare_core.train import pretrain
 
     monkeypatch.setenv("GLARE_CACHE_DIR", str(tmp_path / "cache"))
     cfg = trunk_cfg()
     cfg.steps, cfg.checkpoint_every = 2, 1
-    pretrain(cfg, tmp_path / "run")
-    cfg.trunk_seed = 1  # other views: another bank
+    summary = pretrain(cfg, tmp_path / "run")
+    Path(summary["trunk"]["path"]).unlink()
+    monkeypatch.setattr(trunk_mod, "entry_seed", lambda seed, index, pair: 1000 + 2 * index + pair)
     with pytest.raises(BankError, match=r"checkpoint.pt was trained on the trunk bank"):
         pretrain(cfg, tmp_path / "run", resume=True)
 

@@ -10,14 +10,16 @@ A page fails when it has
 * a missing image: an ``<img>`` that did not load (``naturalWidth == 0``);
 * unrendered maths: ``$$`` or ``\\begin{`` left in a text node outside code, a ``.math`` element that
   MathJax did not typeset, or a MathJax error (``mjx-merror``);
-* a console error: ``console.error``, an uncaught exception, or a resource that failed to load.
+* a console error: ``console.error``, an uncaught exception, or a resource that failed to load;
+* an Open-in-Colab badge whose link differs from the page's Colab launch button (or no launch button).
 
 How it works, with Python's standard library and Debian's ``chromium`` only: the pages are served from
 127.0.0.1 by :mod:`http.server`; Chromium runs headless with networking locked down and is driven through the
 DevTools protocol over a minimal WebSocket client written below. The book loads MathJax 3 from its CDN in a
 reader's browser; this machine is offline, so the server hands out a local copy of MathJax 3 in its place
 (found with ``--mathjax``, ``$GLARE_MATHJAX_DIR`` or the cache, else fetched once with
-``npm pack mathjax@3.2.2``).
+``npm pack mathjax@3.2.2``). Likewise, the chapters' Open-in-Colab badge is an absolute URL (a relative one is
+broken in Colab); the server hands out the same image, ``book/_static/colab-badge.svg``, in its place.
 
 Install Chromium with ``apt-get install -y chromium`` (Debian). Exit code 0 when every page passes, 1
 otherwise, 2 on a setup problem (no build, no Chromium, no MathJax).
@@ -49,6 +51,10 @@ MATHJAX_VERSION = "3.2.2"
 #: The MathJax URL prefix in the built pages (Sphinx's default ``mathjax_path``) and its local stand-in.
 MATHJAX_CDN = re.compile(r"https://cdn\.jsdelivr\.net/npm/mathjax@3[^/]*/es5/")
 LOCAL_MATHJAX = "/__mathjax__/"
+#: The chapters' Open-in-Colab badge image (``glare_core.book_toc.COLAB_BADGE_IMAGE``) and its local copy.
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+LOCAL_COLAB_BADGE = "/__colab_badge__.svg"
+COLAB_BADGE_FILE = Path(__file__).resolve().parent.parent / "book" / "_static" / "colab-badge.svg"
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -108,7 +114,7 @@ def find_mathjax(explicit: str | None) -> Path | None:
 
 # ============================================================================================== server
 class BookHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves the built book; swaps MathJax's CDN URL for a local copy when one is configured."""
+    """Serves the built book; swaps the Colab badge image and MathJax's CDN URL for local copies."""
 
     mathjax_dir: Path | None = None
 
@@ -123,12 +129,16 @@ class BookHandler(http.server.SimpleHTTPRequestHandler):
                 return self._send(target.read_bytes(), "application/javascript")
             self.send_error(404)
             return None
-        if self.mathjax_dir is not None and (path.endswith("/") or path.endswith(".html")):
+        if path == LOCAL_COLAB_BADGE:
+            return self._send(COLAB_BADGE_FILE.read_bytes(), "image/svg+xml")
+        if path.endswith("/") or path.endswith(".html"):
             local = Path(self.translate_path(path))
             if local.is_dir():
                 local = local / "index.html"
             if local.is_file():
-                html = MATHJAX_CDN.sub(LOCAL_MATHJAX, local.read_text(encoding="utf-8"))
+                html = local.read_text(encoding="utf-8").replace(COLAB_BADGE, LOCAL_COLAB_BADGE)
+                if self.mathjax_dir is not None:
+                    html = MATHJAX_CDN.sub(LOCAL_MATHJAX, html)
                 return self._send(html.encode("utf-8"), "text/html; charset=utf-8")
         return super().do_GET()
 
@@ -321,6 +331,16 @@ PAGE_PROBE = r"""
   if (untypeset) {
     problems.push(untypeset + " of " + mathNodes.length + " maths elements not typeset by MathJax"
                   + (window.MathJax && MathJax.version ? "" : " (MathJax did not load)"));
+  }
+  const badge = document.querySelector('img[alt="Open in Colab"]');
+  if (badge) {
+    const launch = document.querySelector('.dropdown-launch-buttons a[href*="colab.research.google.com"]');
+    const link = badge.closest("a");
+    if (!launch) problems.push("an Open-in-Colab badge but no Colab launch button");
+    else if (!link || link.href !== launch.href) {
+      problems.push("the Colab badge (" + (link ? link.href : "no link") + ") and the launch button ("
+                    + launch.href + ") open different notebooks");
+    }
   }
   const errors = document.querySelectorAll("mjx-merror, [data-mjx-error]");
   for (const el of errors) {

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         f"[demo] 2/3 GLARE continual pre-training ({cfg.preset} preset) on unlabelled images ...", flush=True
     )
     t1 = time.perf_counter()
-    summary = pretrain(cfg, out / "pretrain")
+    summary = pretrain(cfg, out / "pretrain", overwrite=True)  # the demo folder is redone as a whole
     adapted = load_base(cfg.base)
     apply_adapter(adapted, out / "pretrain" / "adapter.safetensors")
     print("[demo] 3/3 the same linear probe on the GLARE-adapted model ...", flush=True)
@@ -102,8 +102,19 @@ def run(args: argparse.Namespace) -> int:
     table = format_table(rows)
     print()
     print(table)
+    from ..system import machine_info
+
+    machine = machine_info()
     print(f"\n{dataset_label}; total {(time.perf_counter() - t0) / 60:.1f} min. Results: {out / 'demo.json'}")
+    print(
+        f"precision {summary['precision']} ({summary['precision_requested']}: "
+        f"{summary['precision_reason']}); "
+        f"pre-training {summary['images_per_s']:.1f} images/s; {machine['cpu']} (torch CPU capability "
+        f"{machine['cpu_capability']}), {machine['torch_threads']} threads"
+    )
     record = {
+        "machine": machine,
+        "minutes": (time.perf_counter() - t0) / 60,
         "base": cfg.base,
         "dataset": dataset_label,
         "smoke": smoke,

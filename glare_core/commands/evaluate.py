@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from . import add_precision_argument
 
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--label-scale",
         type=float,
         default=None,
-        help="training-loss resolution factor (default 1.0; 0.5 is ~4x cheaper)",
+        help="training-loss resolution relative to the probe input (default 0.5, about 4x cheaper than 1.0)",
     )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation of the probe")
     parser.add_argument(
@@ -102,6 +103,21 @@ def _config(args: argparse.Namespace):
     return ProbeConfig.default(**overrides)
 
 
+def check_output_file(path: str) -> None:
+    """Refuse an output file that cannot be written (a folder, or in an unwritable place), before any work.
+
+    Raises:
+        RunFolderError: naming the path and the fix.
+    """
+    from glare_core.errors import RunFolderError
+    from glare_core.runs import check_writable
+
+    out = Path(path)
+    if out.is_dir():
+        raise RunFolderError(f"--out {out} is a folder; give a file name such as {out / 'result.json'}")
+    check_writable(out.parent)
+
+
 def run(args: argparse.Namespace) -> int:
     from glare_core.data import build_dataset
     from glare_core.evaluation import (
@@ -114,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = _config(args)
+        if args.out:  # found now, not after the whole probe has run
+            check_output_file(args.out)
         start = time.perf_counter()
         backbone = load_backbone(args.base)
-        adapter = apply_adapter(backbone, args.adapter) if args.adapter else None
+        adapter = apply_adapter(backbone, args.adapter, base=args.base) if args.adapter else None
         seed = cfg.seed
         train_ds = build_dataset(args.dataset, args.train_split, root=args.root, limit=args.limit, seed=seed)
         val_ds = build_dataset(args.dataset, args.val_split, root=args.root, limit=args.val_limit, seed=seed)

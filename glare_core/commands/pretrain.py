@@ -9,6 +9,7 @@ Examples:
   glare pretrain --preset cpu                    # offline DINOv2 ViT-S/14 on CamVid, ~15 min on 2 cores
   glare pretrain --preset cpu --set objective.lambda_local=0.5 --set batch_size=32
   glare pretrain --preset cpu --out runs/cpu-1 --resume  # continue an interrupted run exactly
+  glare pretrain --preset cpu --out runs/cpu-1 --overwrite  # replace that run (refused without it)
 
 Under torchrun (torchrun --nproc_per_node 2 -m glare_core pretrain ...) the global batch is split over the
 processes.
@@ -22,6 +23,7 @@ import os
 import time
 from pathlib import Path
 
+from ..errors import EXIT_BAD_INPUT
 from . import add_precision_argument
 
 NAME = "pretrain"
@@ -68,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "uninterrupted run",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its config, metrics, checkpoint, adapter and summary); "
+        "without it such a folder is refused",
+    )
+    parser.add_argument(
         "--print-config", action="store_true", help="print the resolved configuration and exit"
     )
     add_precision_argument(parser, default=None)  # None: the preset's (auto in every preset)
@@ -77,8 +85,13 @@ def build_config(args: argparse.Namespace):
     """The configuration from --preset, the shortcut options and --set (in that order)."""
     from ..config import TrainConfig, apply_overrides, preset
 
-    if args.resume and args.out and (Path(args.out) / "config.json").exists():
-        cfg = TrainConfig.load(Path(args.out) / "config.json")
+    recorded = Path(args.out) / "config.json" if args.out else None
+    if args.resume and recorded is not None and recorded.exists():
+        cfg = TrainConfig.load(recorded)
+    elif args.resume and recorded is not None and (recorded.parent / "checkpoint.pt").exists():
+        from ..runs import load_checkpoint  # config.json lost: the checkpoint records the config too
+
+        cfg = TrainConfig.from_dict(load_checkpoint(recorded.parent / "checkpoint.pt")["config"])
     else:
         cfg = preset(args.preset)
     for key in ("base", "dataset", "root", "steps", "precision"):
@@ -94,12 +107,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         print("--resume needs --out pointing at the interrupted run's folder", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    if args.resume and args.overwrite:
+        print("--resume and --overwrite contradict each other; choose one", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         cfg = build_config(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -107,13 +123,10 @@ def run(args: argparse.Namespace) -> int:
     cfg.output_dir = str(out)
 
     from ..distributed import cleanup
-    from ..train import NonFiniteLossError, pretrain
+    from ..train import pretrain
 
-    try:
-        summary = pretrain(cfg, out, resume=args.resume)
-    except (NonFiniteLossError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    try:  # bad input (a folder in the way, a corrupt checkpoint ...) and NaN runs: glare_core.cli.main
+        summary = pretrain(cfg, out, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup()  # the process group, when launched by torchrun
     if int(os.environ.get("RANK", "0")) != 0:

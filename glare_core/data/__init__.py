@@ -32,6 +32,7 @@ from pathlib import Path
 from . import ade20k, camvid, cityscapes, hf, idd_lite, loveda, synthetic
 from .base import (
     IGNORE_INDEX,
+    TUNING_SPLITS,
     DataError,
     FileSegmentationDataset,
     LabelMap,
@@ -42,6 +43,7 @@ from .base import (
     read_image,
     read_label,
     reduce_indices,
+    tuning_indices,
 )
 
 #: name -> builder ``(split, root, labels, limit, seed, **kw) -> SegmentationDataset``.
@@ -71,7 +73,9 @@ def build_dataset(
 
     Args:
         name: one of :data:`DATASETS`.
-        split: ``"train"``, ``"val"`` or ``"test"`` (``"validation"`` works too).
+        split: ``"train"``, ``"val"`` or ``"test"`` (``"validation"`` works too), or the tuning split carved
+            from train (:func:`~glare_core.data.base.tuning_indices`): ``"tune_train"`` (CamVid: 300 frames)
+            and ``"tune_val"`` (the 67 held out), where settings are chosen so that val is scored only once.
         root: the dataset folder; None searches ``glare_core.paths.data_roots()``.
         labels: return label maps (``False``: images only, for continual pre-training or unlabelled splits).
         limit: the reduced split: keep this many images, chosen with ``seed`` (None: all).
@@ -85,6 +89,12 @@ def build_dataset(
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}. Fix: use one of {sorted(DATASETS)}.")
+    if split in TUNING_SPLITS:
+        ds = DATASETS[key](split="train", root=root, labels=labels, limit=None, seed=seed, **kw)
+        train_idx, val_idx = tuning_indices(len(ds))
+        ds.select(train_idx if split == "tune_train" else val_idx)
+        ds.split = split
+        return ds.select(reduce_indices(len(ds), limit, seed))
     return DATASETS[key](split=split, root=root, labels=labels, limit=limit, seed=seed, **kw)
 
 
@@ -97,9 +107,11 @@ __all__ = [
     "MissingLabelsError",
     "MissingSplitError",
     "SegmentationDataset",
+    "TUNING_SPLITS",
     "build_dataset",
     "collate",
     "read_image",
     "read_label",
     "reduce_indices",
+    "tuning_indices",
 ]

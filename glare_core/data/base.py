@@ -21,6 +21,7 @@ permutation of the sorted file list. A smaller ``limit`` with the same seed is a
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from glare_core.errors import InputError
+
 #: The one ignore index of the project (``glare_core.metrics.IGNORE_INDEX`` is the same number).
 IGNORE_INDEX = 255
 
@@ -38,7 +41,7 @@ IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad or missing data. The message names the file (or folder) and says how to fix it.
 
     Attributes:
@@ -210,6 +213,23 @@ def image_size(path: str | Path) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------
 # The dataset
 # ----------------------------------------------------------------------------------------------------
+
+
+#: The tuning split (Design): a fixed part of a train split held out to choose settings on, so that val is
+#: scored once, with settings chosen without it. CamVid's 367 training frames split 300 / 67.
+TUNING_SPLITS = ("tune_train", "tune_val")
+TUNING_VAL_FRACTION = 67 / 367
+TUNING_SEED = 20261203
+
+
+def tuning_indices(n: int) -> tuple[list[int], list[int]]:
+    """(tune_train, tune_val) indices of a train split of ``n`` items: a fixed seeded permutation (the same
+    for every run seed), ``round(n * TUNING_VAL_FRACTION)`` items held out (at least 1), both sorted."""
+    if n < 2:
+        raise DataError(f"a tuning split needs at least 2 training images, the split has {n}")
+    n_val = min(n - 1, max(1, round(n * TUNING_VAL_FRACTION)))
+    perm = np.random.default_rng(TUNING_SEED).permutation(n)
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
 
 
 def reduce_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
@@ -466,6 +486,13 @@ def resolve_root(
     if found is not None and looks_right(found):
         return found
     searched = ", ".join(str(r / c) for r in data_roots() for c in candidates)
+    if os.environ.get("GLARE_DATA_DIR"):
+        raise DataError(
+            f"{name}: dataset folder not found under GLARE_DATA_DIR={os.environ['GLARE_DATA_DIR']} "
+            f"(searched {searched}; with GLARE_DATA_DIR set nothing else is searched). Fix: point "
+            f"GLARE_DATA_DIR at the folder that holds it, unset it, pass root=..., or {fix}",
+            found,
+        )
     raise DataError(
         f"{name}: dataset folder not found (searched {searched}). Fix: set GLARE_DATA_DIR to the folder that "
         f"holds it, pass root=..., or {fix}",

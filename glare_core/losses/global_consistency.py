@@ -59,6 +59,25 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor
         return torch.logsumexp(s, dim=-1) - torch.einsum("...k,...k->...", teacher_probs.float(), s)
 
 
+@torch.no_grad()
+def collapse_stats(probs: torch.Tensor) -> dict[str, float]:
+    """DINO's two collapse diagnostics of teacher targets, (..., K) probabilities -> two floats.
+
+    * ``entropy``: the mean entropy of a target, ``mean_b H(p_b)``; ln K when every target is uniform (the
+      "uniform" collapse that centring alone drives towards), 0 when each is one-hot.
+    * ``kl_uniform``: ``KL(mean_b p_b || uniform) = ln K - H(mean_b p_b)``; 0 when the prototypes are used
+      equally over the batch, ln K when every target puts its mass on the same prototype (the "dominant
+      dimension" collapse that sharpening alone drives towards).
+
+    Healthy training keeps the entropy clearly below ln K while the KL stays well below ln K.
+    """
+    p = probs.detach().float().reshape(-1, probs.shape[-1])
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+    mean = p.mean(0)
+    kl = (mean * (mean.clamp_min(1e-12) * p.shape[-1]).log()).sum()
+    return {"entropy": float(entropy), "kl_uniform": float(kl)}
+
+
 def centred_softmax(teacher_logits: torch.Tensor, centering: Centering, temp: float) -> torch.Tensor:
     """``softmax((t - c) / tau_t)`` in float32, computed in place on a float32 copy; (..., K) -> (..., K)."""
     t = teacher_logits.detach().float()
@@ -105,6 +124,8 @@ class Centering(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             dist.all_reduce(count)
+        if count.item() == 0:  # no rows on any process (every call must still reach the all-reduce)
+            return
         batch_center = total / count.clamp(min=1.0)
         c = self.get(t)
         self.center = c * self.momentum + batch_center * (1 - self.momentum)
@@ -143,6 +164,7 @@ class DINOLoss(nn.Module):
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.centering = Centering(out_dim, center_momentum)
+        self.diagnostics: dict[str, float] = {}  # collapse_stats of the last call's teacher targets
 
     @property
     def center(self) -> torch.Tensor:
@@ -180,6 +202,7 @@ class DINOLoss(nn.Module):
         if len(student_logits) < 2 and len(teacher_logits) < 2:
             raise ValueError("the DINO loss needs at least two views (cross-view pairs only)")
         probs = [self.teacher_probs(t, step) for t in teacher_logits]
+        self.diagnostics = collapse_stats(torch.cat(probs))
         total, pairs = student_logits[0].new_zeros((), dtype=torch.float32), 0
         # float32 inside the training step's autocast region too, as DINO's loss (there autocast would run the
         # einsum's K-term dot products in bf16 / fp16)

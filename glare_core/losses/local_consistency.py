@@ -36,7 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..views import Views, map_cells_between_views, sample_at
-from .global_consistency import Centering, centred_softmax, soft_cross_entropy, teacher_temperature
+from .global_consistency import (
+    Centering,
+    centred_softmax,
+    collapse_stats,
+    soft_cross_entropy,
+    teacher_temperature,
+)
 
 PATCH_VARIANTS = ("ce", "cosine", "crossview")
 
@@ -119,6 +125,8 @@ class PatchDistillationLoss(nn.Module):
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.max_patches = max_patches
         self.centering = Centering(out_dim, center_momentum)
+        self.diagnostics: dict[str, float] = {}  # collapse_stats of the last call's teacher targets
+        self._probs: list[torch.Tensor] = []
 
     def temperature(self, step: int) -> float:
         return teacher_temperature(
@@ -140,6 +148,7 @@ class PatchDistillationLoss(nn.Module):
             Scalar float32 loss (the centre is not updated here).
         """
         probs = centred_softmax(teacher_logits, self.centering, self.temperature(step))
+        self._probs.append(probs.detach())
         return per_image_mean(soft_cross_entropy(student_logits, probs, self.student_temp), mask)
 
     def dense(
@@ -151,6 +160,7 @@ class PatchDistillationLoss(nn.Module):
     def forward(self, inp: LocalInputs) -> torch.Tensor:
         """L_L averaged over the global views; updates the centre (``"ce"`` and ``"crossview"``)."""
         losses, teacher_rows = [], []
+        self._probs = []
         n = len(inp.students)
         for u in range(n):
             S, T = inp.students[u], inp.teachers[u]
@@ -176,6 +186,8 @@ class PatchDistillationLoss(nn.Module):
             teacher_rows.append(teacher_logits)
         if teacher_rows:
             self.centering.update(torch.cat(teacher_rows))
+        self.diagnostics = collapse_stats(torch.cat(self._probs)) if self._probs else {}
+        self._probs = []
         return torch.stack(losses).mean()
 
 

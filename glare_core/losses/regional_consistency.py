@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..views import source_to_view, view_to_source
-from .global_consistency import Centering, centred_softmax, soft_cross_entropy, teacher_temperature
+from .global_consistency import (
+    Centering,
+    centred_softmax,
+    collapse_stats,
+    soft_cross_entropy,
+    teacher_temperature,
+)
 
 REGION_LOSSES = ("ce", "infonce", "cosine")
 
@@ -204,6 +210,7 @@ class RegionLoss(nn.Module):
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.infonce_temp = infonce_temp
         self.centering = Centering(out_dim, center_momentum)
+        self.diagnostics: dict[str, float] = {}  # collapse_stats of the last call's teacher targets ("ce")
 
     def forward(
         self,
@@ -231,21 +238,28 @@ class RegionLoss(nn.Module):
         if valid is not None:
             keep = valid.reshape(-1)
             s, t = s[keep], t[keep]
-        if s.shape[0] == 0:
-            return student_regions.sum().float() * 0.0
         if self.kind == "ce":
             if student_head is None or teacher_head is None:
                 raise ValueError("the 'ce' region loss needs the student and teacher heads")
             s_logits = student_head(s.to(next(student_head.parameters()).dtype))
             with torch.no_grad():
                 t_logits = teacher_head(t.to(next(teacher_head.parameters()).dtype)).float()
+            if s.shape[0] == 0:
+                # No valid region on this process. Under data parallelism the other processes still
+                # all-reduce the centre and the head's gradients, so take part in both: an empty centre
+                # update and a zero loss that reaches the head (zero gradients, not missing ones).
+                self.centering.update(t_logits)
+                return s_logits.float().sum() * 0.0 + student_regions.sum().float() * 0.0
             temp = teacher_temperature(
                 step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
             )
             probs = centred_softmax(t_logits, self.centering, temp)
+            self.diagnostics = collapse_stats(probs)
             loss = soft_cross_entropy(s_logits, probs, self.student_temp).mean()
             self.centering.update(t_logits)
             return loss
+        if s.shape[0] == 0:
+            return student_regions.sum().float() * 0.0
         with torch.autocast(device_type=s.device.type, enabled=False):
             s_n, t_n = F.normalize(s.float(), dim=-1), F.normalize(t.float(), dim=-1)
             if self.kind == "cosine":

@@ -1,0 +1,35 @@
+"""Errors a user can fix, and the exit codes of the ``glare`` command.
+
+A command that meets bad input (a missing or corrupt file, a wrong option, a run folder that is in the way)
+raises :class:`InputError` (or a ``ValueError`` / ``OSError``, which the command line treats the same way)
+with a message that names the file and the fix. :func:`glare_core.cli.main` prints that message, without a
+traceback, and exits with :data:`EXIT_BAD_INPUT`. A run that diverges (NaN losses or weights) exits with
+:data:`EXIT_DIVERGED`. Any other exception is a bug: Python prints its traceback and exits with 1.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+"""Success."""
+EXIT_BUG = 1
+"""An unexpected exception (Python's own exit code for an uncaught exception): please report it."""
+EXIT_BAD_INPUT = 2
+"""Bad input the user can fix (also argparse's code for a wrong option)."""
+EXIT_DIVERGED = 3
+"""The numbers went wrong: a NaN / infinite loss, weights or gradients (lower the learning rate)."""
+
+
+class InputError(ValueError):
+    """Bad input a user can fix; the message names the file or option and the fix."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint or stored result that cannot be loaded safely (corrupt, truncated, foreign or unsafe)."""
+
+
+class RunFolderError(InputError):
+    """The output folder is in the way: it holds another run, or it cannot be written."""
+
+
+class NonFiniteError(ArithmeticError):
+    """Numbers became NaN or infinite (a loss, weights, gradients); nothing already saved was overwritten."""
