@@ -116,13 +116,13 @@ def build_step(cfg: TrainConfig, total_steps: int = 1000) -> tuple[Callable[[int
     run.model.train()
     images = torch.rand(cfg.batch_size, 3, cfg.load_size, cfg.load_size, device=device)
     offset = run.head_warmup
-    build_bank = None
+    inputs: dict[str, Any] = {"batch": images}  # what the step reads: the images, or the bank's entries
+    build_bank: Callable[[], float] | None = None
     if cfg.trunk_blocks:
         n, seeds = cfg.trunk_blocks, [entry_seed(cfg.trunk_seed, i, 0) for i in range(len(images))]
         side = cfg.objective.views.global_size // run.model.patch_size
 
         def build_bank() -> float:
-            nonlocal images_or_batch
             t0 = time.perf_counter()
             run.model.eval()
             with autocast(device, run.precision):
@@ -132,16 +132,13 @@ def build_step(cfg: TrainConfig, total_steps: int = 1000) -> tuple[Callable[[int
             run.model.train()
             seconds = time.perf_counter() - t0
             bank = TrunkBank(tensors, 1, n, (side, side), corrupted=cfg.objective.use_local)
-            images_or_batch = bank.batch(range(len(bank)), device)
+            inputs["batch"] = bank.batch(range(len(bank)), device)
             return seconds
 
-        images_or_batch = None
         build_bank()
-    else:
-        images_or_batch = images
 
     def step(i: int) -> None:
-        train_step(run, images_or_batch, offset + i)
+        train_step(run, inputs["batch"], offset + i)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -274,7 +271,7 @@ def benchmark(
         cfg = bench_config(base, batch_size, terms, precision, compile and name != "glare_fp32", trunk)
         steps_fn[name], _ = build_step(cfg)
         steps_fn[name](0)  # warm-up
-    banks = [name for name in variants if steps_fn[name].build_bank is not None]
+    banks = [name for name in variants if getattr(steps_fn[name], "build_bank", None) is not None]
     dtypes = {"fp32": torch.float32, **{p: AUTOCAST_DTYPES[p] for p in ("bf16", "fp16") if device == "cuda"}}
     if device == "cpu":
         dtypes["bf16"] = torch.bfloat16
@@ -289,7 +286,7 @@ def benchmark(
             steps_fn[name](1 + r)
             times[name].append(time.perf_counter() - t0)
         for name in banks:
-            times[f"bank_{name}"].append(steps_fn[name].build_bank())
+            times[f"bank_{name}"].append(steps_fn[name].build_bank())  # type: ignore[attr-defined]
         say(f"round {r + 1}/{steps}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in variants), flush=True)
     peak = {p: max(times[f"matmul_{p}"]) for p in dtypes}
     result["matmul_flops"] = {**peak, "n": MATMUL_N, "all_rounds": {p: times[f"matmul_{p}"] for p in peak}}

@@ -516,7 +516,7 @@ def build_run(
     )
 
 
-def train_step(run: Run, images: torch.Tensor, step: int) -> dict[str, float]:
+def train_step(run: Run, images: torch.Tensor | TrunkBatch, step: int) -> dict[str, float]:
     """One optimisation step: schedules -> loss -> NaN guard -> backward -> clip -> AdamW -> EMA.
 
     The function :func:`pretrain` calls at every step, and the one ``glare bench`` times.

@@ -138,7 +138,7 @@ def _sha256_tensors(items: Sequence[tuple[str, torch.Tensor]]) -> str:
     for name, t in items:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -287,7 +287,7 @@ def build_bank(
     """
     from .precision import autocast
 
-    n, V = int(cfg.trunk_blocks), cfg.trunk_pairs
+    n, V = int(cfg.trunk_blocks or 0), cfg.trunk_pairs
     storage = STORAGE_DTYPES[cfg.trunk_storage]
     entries = [(i, v) for i in range(len(feed)) for v in range(V)]
     parts: dict[str, list[torch.Tensor]] = {}
@@ -299,7 +299,7 @@ def build_bank(
         batch = entries[start : start + chunk]
         crops = [feed[(v, i)] for i, v in batch]
         for c in crops:
-            h.update(memoryview(c.contiguous().numpy()))
+            h.update(c.contiguous().numpy().data)
         images = torch.stack(crops).to(device).float().div_(255)
         seeds = [entry_seed(cfg.trunk_seed, i, v) for i, v in batch]
         with autocast(device, precision):
