@@ -218,6 +218,10 @@ class Backbone(nn.Module):
         """
         vit = self.vit
         h, w = grid
+        if x.shape[1] != self.num_prefix_tokens + h * w:
+            raise ValueError(
+                f"{x.shape[1]} tokens do not fit a {h}x{w} grid with {self.num_prefix_tokens} prefix tokens"
+            )
         wanted = {i % self.depth for i in (layers or [])}
         intermediates = {}
         hook = vit.blocks[-1].attn.qkv.register_forward_hook(self._keep_qkv) if return_attn else None

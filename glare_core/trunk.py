@@ -26,7 +26,10 @@ the views are a fixed bank: epoch e shows image i its pair ``(e + offset_i) mod 
 the run's seed and i), so views repeat after V epochs instead of being fresh at every step; (3) the trunk
 tokens are stored in ``trunk_storage`` (fp16 by default: the offline DINOv2 ViT-S's residual stream stays
 below 35 in magnitude, so fp16's 2e-4 relative rounding is 8x finer than bf16's; bf16 and fp32 can be chosen,
-and fp16 refuses to store a value it would overflow).
+and fp16 refuses to store a value it would overflow). ``tools/trunk_exactness.py`` measures the cost on the
+real base (4 CamVid images, 224 px, n = 6, 8, 10): float32 storage gives the full-depth losses and gradients
+bit for bit; fp16 storage moves each loss term by less than 1e-6 (relative) and no gradient tensor by more
+than 0.6 %; bf16 storage by up to 1e-5 and 8 %.
 
 The bank lives in the cache (``<cache>/trunk/bank-<key hash>.safetensors``) under a key of everything that
 determines it: the base's name and a SHA-256 of every tensor that acts before block n (embeddings, trunk

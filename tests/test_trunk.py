@@ -103,6 +103,8 @@ def test_tail_forward_on_trunk_tokens_equals_the_full_forward():
             tail = net.forward_tokens(tokens, grid, start_block=N, return_attn=True)
             for a, b in ((full.cls, tail.cls), (full.patches, tail.patches), (full.attn, tail.attn)):
                 assert torch.equal(a, b)
+            with pytest.raises(ValueError, match="do not fit a 4x4 grid"):
+                net.forward_tokens(tokens, (4, 4), start_block=N)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
