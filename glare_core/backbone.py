@@ -151,6 +151,22 @@ class Backbone(nn.Module):
             :class:`BackboneOutput` with ``cls`` (B, D), ``patches`` (B, N, D), ``grid`` (h, w),
             ``attn`` (B, N).
         """
+        x, grid = self.embed(images, token_mask, mask_token)
+        return self.forward_tokens(x, grid, 0, return_attn, layers)
+
+    def embed(
+        self,
+        images: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalise, embed the patches, add the position embedding: the tokens that enter block 0.
+
+        Args: as :meth:`forward`.
+
+        Returns:
+            tokens (B, P + N, D) (P prefix tokens: [CLS] and registers) and the grid (h, w).
+        """
         vit = self.vit
         B, _, H, W = images.shape
         p = self.patch_size
@@ -166,14 +182,52 @@ class Backbone(nn.Module):
                 raise ValueError("token_mask needs a mask_token")
             m = token_mask.reshape(B, h, w, 1).to(x.dtype)
             x = x * (1 - m) + mask_token.to(x.dtype) * m
-        x = vit.norm_pre(self._pos_embed(x))
+        return vit.norm_pre(self._pos_embed(x)), (h, w)
 
+    def trunk(self, images: torch.Tensor, stop: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The tokens after blocks ``0 .. stop - 1``: (B, P + N, D), and the grid (h, w).
+
+        With :meth:`forward_tokens` ``(..., start_block=stop)`` it splits :meth:`forward` in two:
+        ``forward_tokens(*trunk(images, n), start_block=n)`` computes what ``forward(images)`` does
+        (the cached frozen trunk of :mod:`glare_core.trunk` stores the first half).
+        """
+        x, grid = self.embed(images)
+        for block in list(self.vit.blocks)[:stop]:
+            x = block(x)
+        return x, grid
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        grid: tuple[int, int],
+        start_block: int = 0,
+        return_attn: bool = True,
+        layers: Sequence[int] | None = None,
+    ) -> BackboneOutput:
+        """Blocks ``start_block .. depth - 1``, the final norm and the outputs, from the tokens entering
+        block ``start_block``.
+
+        Args:
+            x: (B, P + N, D) tokens: from :meth:`embed` (``start_block=0``) or :meth:`trunk`.
+            grid: (h, w) with h * w = N.
+            start_block: the first block to run.
+            return_attn, layers: as :meth:`forward` (blocks before ``start_block`` give no intermediates).
+
+        Returns:
+            :class:`BackboneOutput`, as :meth:`forward`.
+        """
+        vit = self.vit
+        h, w = grid
+        if x.shape[1] != self.num_prefix_tokens + h * w:
+            raise ValueError(
+                f"{x.shape[1]} tokens do not fit a {h}x{w} grid with {self.num_prefix_tokens} prefix tokens"
+            )
         wanted = {i % self.depth for i in (layers or [])}
         intermediates = {}
         hook = vit.blocks[-1].attn.qkv.register_forward_hook(self._keep_qkv) if return_attn else None
         try:
-            for i, block in enumerate(vit.blocks):
-                x = block(x)
+            for i in range(start_block, self.depth):
+                x = vit.blocks[i](x)
                 if i in wanted:
                     intermediates[i] = vit.norm(x)[:, self.num_prefix_tokens :]
         finally:

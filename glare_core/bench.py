@@ -10,6 +10,10 @@ GradScaler, clipping, EMA), on a fixed random batch. Measured in one run, on thi
   overhead;
 * ``glare_<p>``: the GLARE step forced to each precision this device offers (CPU: bf16, fp32; CUDA: bf16 if
   native, fp16, fp32): what ``auto`` gains or avoids;
+* ``glare_trunk<n>`` (asked for by name, e.g. ``--variants glare glare_trunk8``): the GLARE step with the
+  cached frozen trunk of n blocks (:mod:`glare_core.trunk`), same precision and view size, on a bank built
+  from the same batch; the bank's build (views, patch corruption and blocks 0..n-1 for one pair of views per
+  image) is timed separately in the same rounds and reported as ``bank_images_per_s``;
 
 plus this machine's own matmul throughput (1024 x 1024 products in bf16, fp16 on CUDA, and fp32), so that
 the step's achieved FLOP/s (counted with ``torch.utils.flop_counter.FlopCounterMode`` over one step) is
@@ -20,7 +24,7 @@ subprocess per variant; the timings from interleaved rounds in one process (best
 so that the variants are compared under the same load on a machine shared with other jobs. Goals: on a
 processor without fast bf16, ``auto`` at least 5x faster than forced bf16; where bf16 is fast, ``auto`` no
 slower than bf16 (within 5 %); the ``auto`` step at >= 40 % of its precision's matmul peak; GLARE at most
-15 % slower than DINO-only.
+15 % slower than DINO-only; every trunk variant at least 3x the images/s of the full-depth GLARE step.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -46,6 +51,7 @@ from .system import machine_info
 #: Variant -> (objective terms, requested precision). ``glare`` and ``dino_only`` use ``auto``.
 BASE_VARIANTS = {"glare": ("glare", "auto"), "dino_only": ("dino", "auto")}
 MATMUL_N = 1024
+TRUNK_VARIANT = re.compile(r"glare_trunk(\d+)$")
 
 
 def forced_variants(device: str) -> dict[str, tuple[str, str]]:
@@ -55,17 +61,35 @@ def forced_variants(device: str) -> dict[str, tuple[str, str]]:
 
 
 def all_variants(device: str) -> dict[str, tuple[str, str]]:
+    """The variants measured by default (the trunk variants are asked for by name)."""
     return {**BASE_VARIANTS, **forced_variants(device)}
 
 
+def variant_spec(name: str, device: str) -> tuple[str, str, int | None]:
+    """(objective terms, requested precision, trunk blocks or None) of a variant name."""
+    known = all_variants(device)
+    if name in known:
+        return (*known[name], None)
+    match = TRUNK_VARIANT.match(name)
+    if match:
+        return "glare", "auto", int(match.group(1))
+    raise ValueError(f"unknown benchmark variant {name!r}; choose from {list(known)} or glare_trunk<n>")
+
+
 def bench_config(
-    base: str, batch_size: int, terms: str, precision: str, compile: bool = False
+    base: str,
+    batch_size: int,
+    terms: str,
+    precision: str,
+    compile: bool = False,
+    trunk_blocks: int | None = None,
 ) -> TrainConfig:
     """The training config of one variant: ViT-S at 224 px views, the cpu preset's heads."""
     from .config import preset
 
     cfg = preset("cpu")
     cfg.base, cfg.batch_size, cfg.precision, cfg.compile = base, batch_size, precision, compile
+    cfg.trunk_blocks, cfg.trunk_pairs = trunk_blocks, 1
     cfg.load_size = 256
     apply_overrides(cfg, ["objective.views.global_size=224"])
     if terms == "dino":
@@ -77,22 +101,48 @@ def build_step(cfg: TrainConfig, total_steps: int = 1000) -> tuple[Callable[[int
     """:func:`glare_core.train.train_step` of ``cfg`` on a fixed random batch; returns (step, precision used).
 
     The run is built with :func:`glare_core.train.build_run` exactly as :func:`~glare_core.train.pretrain`
-    builds it; the step numbers given start after the head warm-up, so the adapters train as well.
+    builds it; the step numbers given start after the head warm-up, so the adapters train as well. With
+    ``cfg.trunk_blocks`` the step reads a bank of one pair of views per image of the batch (built here, in
+    memory, by :func:`glare_core.trunk.encode_entries`), and ``step.build_bank()`` builds that bank again and
+    returns its seconds; otherwise ``step.build_bank`` is None.
     """
     from .distributed import DistInfo
+    from .precision import autocast
     from .train import build_run, train_step
+    from .trunk import STORAGE_DTYPES, TrunkBank, encode_entries, entry_seed
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run = build_run(cfg, DistInfo(device=device), total_steps, verbose=False)
     run.model.train()
     images = torch.rand(cfg.batch_size, 3, cfg.load_size, cfg.load_size, device=device)
     offset = run.head_warmup
+    inputs: dict[str, Any] = {"batch": images}  # what the step reads: the images, or the bank's entries
+    build_bank: Callable[[], float] | None = None
+    if cfg.trunk_blocks:
+        n, seeds = cfg.trunk_blocks, [entry_seed(cfg.trunk_seed, i, 0) for i in range(len(images))]
+        side = cfg.objective.views.global_size // run.model.patch_size
+
+        def build_bank() -> float:
+            t0 = time.perf_counter()
+            run.model.eval()
+            with autocast(device, run.precision):
+                tensors = encode_entries(
+                    run.model, run.objective, images, seeds, n, STORAGE_DTYPES[cfg.trunk_storage]
+                )
+            run.model.train()
+            seconds = time.perf_counter() - t0
+            bank = TrunkBank(tensors, 1, n, (side, side), corrupted=cfg.objective.use_local)
+            inputs["batch"] = bank.batch(range(len(bank)), device)
+            return seconds
+
+        build_bank()
 
     def step(i: int) -> None:
-        train_step(run, images, offset + i)
+        train_step(run, inputs["batch"], offset + i)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    step.build_bank = build_bank  # type: ignore[attr-defined]
     return step, run.precision.name
 
 
@@ -142,6 +192,10 @@ def _goals(v: dict[str, Any], auto_precision: str) -> dict[str, Any]:
     if "glare" in v and "dino_only" in v:
         slowdown = 1 - v["glare"]["images_per_s"] / v["dino_only"]["images_per_s"]
         goals["slowdown_vs_dino_only"] = {"value": slowdown, "goal": "<= 0.15", "met": slowdown <= 0.15}
+    for name in v:
+        if TRUNK_VARIANT.match(name) and "glare" in v:
+            speedup = v[name]["images_per_s"] / v["glare"]["images_per_s"]
+            goals[f"{name}_speedup"] = {"value": speedup, "goal": ">= 3 (vs glare)", "met": speedup >= 3}
     return goals
 
 
@@ -167,7 +221,7 @@ def benchmark(
         batch_size: images per step.
         compile: ``torch.compile`` every variant but the forced fp32 one.
         threads: CPU threads for every measurement (None: torch's default, one per core).
-        variants: which of :func:`all_variants` to run (default: all).
+        variants: which of :func:`all_variants` (or ``glare_trunk<n>``) to run (default: all of the former).
         out: write the JSON here too (atomically).
 
     Returns:
@@ -177,11 +231,8 @@ def benchmark(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if threads:
         torch.set_num_threads(threads)
-    known = all_variants(device)
-    variants = tuple(variants or known)
-    unknown = [n for n in variants if n not in known]
-    if unknown:
-        raise ValueError(f"unknown benchmark variants {unknown}; choose from {list(known)}")
+    variants = tuple(variants or all_variants(device))
+    specs = {name: variant_spec(name, device) for name in variants}  # ValueError for an unknown name
     say = print if verbose else (lambda *a, **k: None)
     from .experiments import git_commit, git_dirty
 
@@ -216,14 +267,16 @@ def benchmark(
     # 2. Interleaved timing rounds: every variant and the matmul peaks under the same load.
     steps_fn = {}
     for name in variants:
-        terms, precision = known[name]
-        cfg = bench_config(base, batch_size, terms, precision, compile and name != "glare_fp32")
+        terms, precision, trunk = specs[name]
+        cfg = bench_config(base, batch_size, terms, precision, compile and name != "glare_fp32", trunk)
         steps_fn[name], _ = build_step(cfg)
         steps_fn[name](0)  # warm-up
+    banks = [name for name in variants if getattr(steps_fn[name], "build_bank", None) is not None]
     dtypes = {"fp32": torch.float32, **{p: AUTOCAST_DTYPES[p] for p in ("bf16", "fp16") if device == "cuda"}}
     if device == "cpu":
         dtypes["bf16"] = torch.bfloat16
-    times: dict[str, list[float]] = {name: [] for name in [*variants, *(f"matmul_{p}" for p in dtypes)]}
+    names = [*variants, *(f"bank_{n}" for n in banks), *(f"matmul_{p}" for p in dtypes)]
+    times: dict[str, list[float]] = {name: [] for name in names}
     shape = (MATMUL_N, MATMUL_N, MATMUL_N)
     for r in range(steps):
         for p, dtype in dtypes.items():
@@ -232,6 +285,8 @@ def benchmark(
             t0 = time.perf_counter()
             steps_fn[name](1 + r)
             times[name].append(time.perf_counter() - t0)
+        for name in banks:
+            times[f"bank_{name}"].append(steps_fn[name].build_bank())  # type: ignore[attr-defined]
         say(f"round {r + 1}/{steps}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in variants), flush=True)
     peak = {p: max(times[f"matmul_{p}"]) for p in dtypes}
     result["matmul_flops"] = {**peak, "n": MATMUL_N, "all_rounds": {p: times[f"matmul_{p}"] for p in peak}}
@@ -240,7 +295,7 @@ def benchmark(
         fig = result["variants"][name]
         best = min(times[name])
         fig.update(
-            requested_precision=known[name][1],
+            requested_precision=specs[name][1],
             seconds_per_step=best,
             seconds_per_step_median=statistics.median(times[name]),
             seconds_all_rounds=times[name],
@@ -248,6 +303,15 @@ def benchmark(
             achieved_flops=fig["flops_per_step"] / best,
         )
         fig["fraction_of_own_precision_matmul_peak"] = fig["achieved_flops"] / peak[fig["precision"]]
+        if name in banks:  # the bank's build, timed in the same rounds: one pair of views per image
+            bank_times = times[f"bank_{name}"]
+            fig.update(
+                trunk_blocks=specs[name][2],
+                bank_seconds=min(bank_times),
+                bank_seconds_all_rounds=bank_times,
+                bank_images_per_s=batch_size / min(bank_times),
+            )
+            say(f"{name} bank build: {fig['bank_images_per_s']:.2f} img/s ({min(bank_times):.2f} s)")
         say(
             f"{name} ({fig['precision']}): {fig['images_per_s']:.2f} img/s, {best:.2f} s/step (median "
             f"{fig['seconds_per_step_median']:.2f}), peak {fig['peak_memory_mb']:.0f} MB, "
@@ -268,9 +332,8 @@ def benchmark(
 def _main(argv: list[str] | None = None) -> int:
     """Subprocess entry: one variant's peak memory and FLOPs, printed as one JSON line."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    known = all_variants(device)
     p = argparse.ArgumentParser()
-    p.add_argument("--variant", required=True, choices=sorted(known))
+    p.add_argument("--variant", required=True, help="a name of all_variants() or glare_trunk<n>")
     p.add_argument("--base", default="dinov2_vits14_imgfocus")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--compile", action="store_true")
@@ -278,8 +341,8 @@ def _main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    terms, precision = known[a.variant]
-    cfg = bench_config(a.base, a.batch_size, terms, precision, compile=a.compile)
+    terms, precision, trunk = variant_spec(a.variant, device)
+    cfg = bench_config(a.base, a.batch_size, terms, precision, compile=a.compile, trunk_blocks=trunk)
     print(json.dumps(memory_and_flops(cfg)))
     return 0
 

@@ -63,6 +63,21 @@ class TrainConfig:
     """Head warm-up (Design): the adapters' learning rate is 0 for this many steps (when the heads train)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     """The GLARE objective: views, patch augmentation, the G / L / R terms and their weights."""
+    trunk_blocks: int | None = None
+    """The cached frozen trunk (this project's CPU design, :mod:`glare_core.trunk`): blocks 0..n-1 stay frozen
+    and adapter-free, their outputs for a bank of augmented views are computed once and cached on disk, and
+    each step runs only blocks n..depth-1 (with adapters), the heads and the losses. None (default): the
+    full-depth step, as on a GPU and in Colab."""
+    trunk_pairs: int = 4
+    """Views in the trunk's bank: this many pairs of global views per image (each stored clean and
+    patch-corrupted); epoch e reads pair (e + an offset per image) mod ``trunk_pairs``."""
+    trunk_seed: int = 0
+    """Seed of the bank's views and patch corruption. Not the run's ``seed``: runs of every seed and arm
+    with the same bank settings read the same cached bank."""
+    trunk_storage: str = "fp16"
+    """Storage dtype of the cached trunk tokens: "fp16" (default; the offline DINOv2 ViT-S's tokens stay
+    below 35 in magnitude, so fp16 keeps 8x finer rounding than bf16, about 2e-4 relative), "bf16" or
+    "fp32"."""
 
     # ------------------------------------------------------------------ data
     dataset: str = "camvid"
@@ -164,6 +179,7 @@ class TrainConfig:
             train_heads=self.train_heads,
             head_warmup_steps=self.head_warmup_steps,
             mask_token=needs_mask_token(self.objective),
+            trunk_blocks=self.trunk_blocks or 0,
         )
 
     def peak_lr(self) -> float:

@@ -716,8 +716,16 @@ def pretrain_cell(cell: Cell, runs_dir: Path, smoke: bool = False) -> tuple[Any,
 
 #: Config keys that change speed or logging only; a run folder may be resumed with other values.
 RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision", "telemetry_every")
-#: Training-config fields added after runs were recorded, with the value that reproduces what those runs did.
-TRAIN_ADDED = {"clip_grad_mode": "global"}
+#: Training-config fields added after runs were recorded, with the value that reproduces what those runs did
+#: (a record or run folder without them is read as having these; ``trunk_*``: the cached trunk of
+#: ``glare_core.trunk``, off by default).
+TRAIN_ADDED = {
+    "clip_grad_mode": "global",
+    "trunk_blocks": None,
+    "trunk_pairs": 4,
+    "trunk_seed": 0,
+    "trunk_storage": "fp16",
+}
 
 
 def check_run_config(run_dir: Path, cfg) -> None:

@@ -58,10 +58,15 @@ class LoRALinear(nn.Linear):
 
 
 def add_lora(
-    vit: nn.Module, rank: int = 8, alpha: float | None = None, targets: tuple[str, ...] = LORA_TARGETS
+    vit: nn.Module,
+    rank: int = 8,
+    alpha: float | None = None,
+    targets: tuple[str, ...] = LORA_TARGETS,
+    first_block: int = 0,
 ):
-    """Replace the target linear layers of every block of a timm ViT by :class:`LoRALinear`, in place."""
-    for block in vit.blocks:
+    """Replace the target linear layers of every block from ``first_block`` on by :class:`LoRALinear`, in
+    place (blocks before it stay plain: the frozen trunk of :mod:`glare_core.trunk`)."""
+    for block in list(vit.blocks)[first_block:]:
         for parent in (block.attn, block.mlp):
             for name in targets:
                 layer = getattr(parent, name, None)

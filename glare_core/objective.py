@@ -16,6 +16,12 @@ choice below is a field of :class:`ObjectiveConfig` with that default)::
     L_R = region_ce(retrieve(pool(S1.patch, R1), T2.patch), pool(S1.patch, R1)) + (the same from view 2)
     L = lambda_G L_G + lambda_L L_L + lambda_R L_R
 
+Steps 1-4 run from the images (:meth:`GlareObjective.encode_images`), or, with the cached frozen trunk of
+:mod:`glare_core.trunk` (this project's CPU design), from a bank of views made once by the same
+:meth:`GlareObjective.prepare_views` and stored as the tokens after the trunk's blocks
+(:meth:`GlareObjective.encode_cached`: only the later blocks run); the terms are the same code either way
+(:meth:`GlareObjective.terms`).
+
 With ``use_local`` and ``use_regional`` off this is exactly DINO continual pre-training (the baselines): no
 patch augmentation, no patch-head work and no region work happen. The centres of the three terms are buffers
 of this module (they go into checkpoints) and are updated inside :meth:`GlareObjective.forward` without
@@ -40,6 +46,7 @@ from .losses.regional_consistency import (
 )
 from .patch_augment import PatchAugConfig, patch_augment
 from .teacher import ViewOutput, unwrap
+from .trunk import TrunkBatch
 from .views import ViewConfig, Views, make_views
 
 
@@ -160,14 +167,21 @@ class GlareObjective(nn.Module):
         )
 
     def forward(
-        self, model: nn.Module, images: torch.Tensor, step: int, generator: torch.Generator | None = None
+        self,
+        model: nn.Module,
+        images: torch.Tensor | TrunkBatch,
+        step: int,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One step's loss.
 
         Args:
             model: a :class:`~glare_core.teacher.StudentTeacher`, possibly wrapped in DistributedDataParallel
                 (``model(...)`` is the student pass, ``unwrap(model).teacher_forward(...)`` the teacher's).
-            images: (B, 3, H, W) in [0, 1] (uint8 is converted), any size; views are cropped from it.
+            images: (B, 3, H, W) in [0, 1] (uint8 is converted), any size; views are cropped from it. Or a
+                :class:`~glare_core.trunk.TrunkBatch`: views made earlier, given as the frozen trunk's output
+                tokens (clean and patch-corrupted) with their crop boxes, flips and masks; then only the
+                blocks after the trunk run, and the losses are computed by the same code.
             step: optimiser step (teacher temperature warm-up).
             generator: optional ``torch.Generator`` for reproducible views, masks and regions.
 
@@ -178,35 +192,106 @@ class GlareObjective(nn.Module):
             ``teacher_kl_uniform_<term>`` (:func:`~glare_core.losses.global_consistency.collapse_stats`; both
             against ln K), and ``teacher_temp``.
         """
-        cfg, net = self.cfg, unwrap(model)
-        self._check(net)
+        net = unwrap(model)
+        if isinstance(images, TrunkBatch):
+            S, T, views, masks = self.encode_cached(model, images)
+        else:
+            S, T, views, masks = self.encode_images(model, images, generator)
+        return self.terms(net, S, T, views, masks, step, generator)
+
+    def prepare_views(
+        self,
+        images: torch.Tensor,
+        patch_size: int,
+        generator: torch.Generator | None = None,
+        corrupt: bool | None = None,
+    ) -> tuple[Views, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None] | None]:
+        """Steps 1-2 of section 3: the image-level views and the student's patch-corrupted copies.
+
+        ``corrupt`` (default: ``use_local``) forces the patch corruption on or off; the trunk's bank always
+        stores the corrupted copies, so that runs with and without the local term share one bank.
+
+        Returns:
+            ``views`` (:class:`~glare_core.views.Views`: clean global views, boxes, flips, local crops),
+            ``Xs`` (the student's global views: corrupted when the local term is on, else the clean ones),
+            ``masks`` (per global view (B, N) bool corrupted cells; empty when the local term is off) and
+            ``token_masks`` (per student view, for the ``"mask_token"`` corruption; else None).
+        """
+        cfg = self.cfg
         # 1. two global views (and optional local crops), with their crop boxes and flips
         views = make_views(images, cfg.views, generator)
         X = views.globals
         # 2. the student's copies of the global views get patch-level augmentation (L)
         Xs, masks, token_masks = X, [], None
-        if cfg.use_local:
-            augmented = [patch_augment(x, net.patch_size, cfg.patch_aug, generator) for x in X]
+        if cfg.use_local if corrupt is None else corrupt:
+            augmented = [patch_augment(x, patch_size, cfg.patch_aug, generator) for x in X]
             Xs, masks = [x for x, _ in augmented], [m for _, m in augmented]
             if cfg.patch_aug.kind == "mask_token":
                 token_masks = masks + [None] * len(views.locals)
+        return views, Xs, masks, token_masks
+
+    def encode_images(
+        self, model: nn.Module, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[list[ViewOutput], list[ViewOutput], Views, list[torch.Tensor]]:
+        """Steps 1-4 from the images: views, patch corruption, teacher and student passes through every block.
+
+        Returns:
+            ``S`` (student outputs: corrupted global views, then local crops), ``T`` (teacher outputs of the
+            clean global views), the :class:`~glare_core.views.Views` and the corrupted-cell masks.
+        """
+        net = unwrap(model)
+        self._check(net)
+        views, Xs, masks, token_masks = self.prepare_views(images, net.patch_size, generator)
         # 3. the teacher sees the clean global views (no gradients)
-        T = net.teacher_forward(X, return_attn=cfg.use_regional and cfg.sampling == "attention")
+        T = net.teacher_forward(views.globals, return_attn=self._teacher_attn)
         # 4. the student sees the corrupted global views and the local crops
         S = model(Xs + views.locals, token_masks=token_masks)
+        return S, T, views, masks
 
-        loss = torch.zeros((), device=images.device)
+    def encode_cached(
+        self, model: nn.Module, batch: TrunkBatch
+    ) -> tuple[list[ViewOutput], list[ViewOutput], Views, list[torch.Tensor]]:
+        """Steps 3-4 from the cached frozen trunk (:mod:`glare_core.trunk`): the views were made (by
+        :meth:`prepare_views`) and run through blocks ``0 .. n - 1`` when the bank was built; here the teacher
+        and the student run blocks ``n ..`` on the clean and the corrupted tokens. Returns as
+        :meth:`encode_images`."""
+        net = unwrap(model)
+        n, grid = batch.start_block, batch.grid
+        T = net.teacher_forward(batch.clean, return_attn=self._teacher_attn, start_block=n, grid=grid)
+        S = model(batch.corrupted, start_block=n, grid=grid)
+        views = Views(globals=[], boxes=batch.boxes, flips=batch.flips)  # geometry only: no pixels cached
+        return S, T, views, list(batch.masks)
+
+    @property
+    def _teacher_attn(self) -> bool:
+        """The teacher's [CLS] attention is needed by the attention-guided regional sampling only."""
+        return self.cfg.use_regional and self.cfg.sampling == "attention"
+
+    def terms(
+        self,
+        net: nn.Module,
+        S: list[ViewOutput],
+        T: list[ViewOutput],
+        views: Views,
+        masks: list[torch.Tensor],
+        step: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """L = lambda_G L_G + lambda_L L_L + lambda_R L_R from the student's and the teacher's outputs."""
+        cfg = self.cfg
+        G = len(T)  # the global views (the student's list continues with the local crops)
+        loss = torch.zeros((), device=T[0].cls.device)
         logs: dict[str, float] = {}
         if self.global_loss is not None:
             L_G = self.global_loss([s.cls_logits for s in S], [t.cls_logits for t in T], step)
             loss = loss + cfg.lambda_global * L_G
             logs["loss_global"] = float(L_G.detach())
         if self.local_loss is not None:
-            L_L = self.local_loss(LocalInputs(S[: len(X)], T, masks, views, net, step, generator))
+            L_L = self.local_loss(LocalInputs(S[:G], T, masks, views, net, step, generator))
             loss = loss + cfg.lambda_local * L_L
             logs["loss_local"] = float(L_L.detach())
         if self.region_loss is not None:
-            L_R = self.regional_term(net, S[: len(X)], T, views, step, generator)
+            L_R = self.regional_term(net, S[:G], T, views, step, generator)
             loss = loss + cfg.lambda_regional * L_R
             logs["loss_regional"] = float(L_R.detach())
         logs["loss"] = float(loss.detach())

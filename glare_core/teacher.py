@@ -59,6 +59,9 @@ class StudentTeacherConfig:
             used only when the heads train (300, "a few hundred steps", Design).
         mask_token: give the student a learned (D,) mask token (needed by the ``"mask_token"`` patch
             augmentation; zero-initialised as in iBOT).
+        trunk_blocks: blocks ``0 .. trunk_blocks - 1`` get no tuning modules and stay frozen, in the student
+            and the teacher alike (the cached frozen trunk of :mod:`glare_core.trunk`; 0: every block is
+            tuned).
     """
 
     tuning: str = "adapter"
@@ -70,6 +73,7 @@ class StudentTeacherConfig:
     train_heads: bool | None = None
     head_warmup_steps: int = 300
     mask_token: bool = False
+    trunk_blocks: int = 0
 
 
 @dataclass
@@ -138,6 +142,7 @@ class StudentTeacher(nn.Module):
             adapter_scale=cfg.adapter_scale,
             learnable_scale=cfg.learnable_scale,
             lora_alpha=cfg.lora_alpha,
+            first_block=cfg.trunk_blocks,
         )
         self.student = backbone
         # The teacher: a deep copy in which every frozen tensor is the student's own object (memo).
@@ -228,8 +233,16 @@ class StudentTeacher(nn.Module):
         images: Sequence[torch.Tensor],
         token_masks: Sequence[torch.Tensor | None] | None,
         return_attn: bool,
+        start_block: int = 0,
+        grid: tuple[int, int] | None = None,
     ) -> list[ViewOutput]:
-        """Run views of equal size together (one backbone call per size) and split the outputs again."""
+        """Run views of equal size together (one backbone call per size) and split the outputs again.
+
+        With ``start_block`` > 0 the views are the tokens that enter that block ((B, P + N, D), from the
+        cached trunk) and only blocks ``start_block ..`` run.
+        """
+        if start_block and token_masks is not None and any(m is not None for m in token_masks):
+            raise ValueError("token masks act on the patch embedding, which a cached trunk has already run")
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(images):
             groups.setdefault(tuple(x.shape[1:]), []).append(i)
@@ -253,7 +266,12 @@ class StudentTeacher(nn.Module):
                         for i in idx
                     ]
                 )
-            out = backbone(x, return_attn=return_attn, token_mask=tm, mask_token=self.mask_token)
+            if start_block:
+                if grid is None:
+                    raise ValueError("trunk tokens need their patch grid (grid=(h, w))")
+                out = backbone.forward_tokens(x, grid, start_block, return_attn=return_attn)
+            else:
+                out = backbone(x, return_attn=return_attn, token_mask=tm, mask_token=self.mask_token)
             logits = head(out.cls)
             sizes = [images[i].shape[0] for i in idx]
             parts = zip(
@@ -271,23 +289,37 @@ class StudentTeacher(nn.Module):
         images: Sequence[torch.Tensor],
         token_masks: Sequence[torch.Tensor | None] | None = None,
         return_attn: bool = False,
+        start_block: int = 0,
+        grid: tuple[int, int] | None = None,
     ) -> list[ViewOutput]:
         """The student pass (with gradients into the trained tensors).
 
         Args:
-            images: views, each (B, 3, H, W) in [0, 1]; views of equal size run as one batch.
+            images: views, each (B, 3, H, W) in [0, 1]; views of equal size run as one batch. With
+                ``start_block`` > 0: each view's tokens entering that block, (B, P + N, D) (cached trunk).
             token_masks: per view, None or (B, N) bool cells to replace by the learned mask token.
             return_attn: also compute the [CLS] attention (not needed by the GLARE objective's student side).
+            start_block: the first block to run (0: the whole ViT from the pixels).
+            grid: the views' patch grid (h, w), needed when ``start_block`` > 0.
 
         Returns:
             One :class:`ViewOutput` per view (``cls`` (B, D), ``patches`` (B, N, D), ``cls_logits`` (B, K)).
         """
-        return self._run(self.student, self.student_head, images, token_masks, return_attn)
+        return self._run(self.student, self.student_head, images, token_masks, return_attn, start_block, grid)
 
     @torch.no_grad()
-    def teacher_forward(self, images: Sequence[torch.Tensor], return_attn: bool = True) -> list[ViewOutput]:
-        """The teacher pass on clean views (no gradients); ``attn`` (B, N) drives the regional sampling."""
-        return self._run(self.teacher, self.teacher_head, images, None, return_attn)
+    def teacher_forward(
+        self,
+        images: Sequence[torch.Tensor],
+        return_attn: bool = True,
+        start_block: int = 0,
+        grid: tuple[int, int] | None = None,
+    ) -> list[ViewOutput]:
+        """The teacher pass on clean views (no gradients); ``attn`` (B, N) drives the regional sampling.
+
+        ``start_block`` and ``grid``: as :meth:`forward` (views given as cached trunk tokens).
+        """
+        return self._run(self.teacher, self.teacher_head, images, None, return_attn, start_block, grid)
 
     # ---------------------------------------------------------------- EMA
     @torch.no_grad()
@@ -372,8 +404,8 @@ class StudentTeacher(nn.Module):
 
         The file holds the ViT's tuning tensors under their timm names (``blocks.0.adapter.down.weight`` ...)
         and metadata: ``format``, ``base`` (if known), ``tuning``, ``rank``, ``adapter_scale``,
-        ``learnable_scale``, ``lora_alpha``, ``embed_dim``, ``depth``, ``head``. For the adapter at r = 64
-        this is a few MB.
+        ``learnable_scale``, ``lora_alpha``, ``embed_dim``, ``depth``, ``head``, ``trunk_blocks`` (blocks
+        without tuning modules; absent in older files, meaning 0). For the adapter at r = 64 this is a few MB.
         """
         from safetensors.torch import save_file
 
@@ -393,6 +425,7 @@ class StudentTeacher(nn.Module):
             "embed_dim": str(self.embed_dim),
             "depth": str(self.student.depth),
             "head": json.dumps(asdict(self.cfg.head)),
+            "trunk_blocks": str(self.cfg.trunk_blocks),
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,11 +440,13 @@ class StudentTeacher(nn.Module):
     def load_adapter(self, path: str | Path) -> None:
         """Load an exported adapter into both the student and the teacher (they are then equal)."""
         tensors, meta = read_adapter(path)
-        if meta.get("tuning") != self.cfg.tuning or int(meta.get("rank", -1)) != self.cfg.rank:
+        saved = (meta.get("tuning"), int(meta.get("rank", -1)), int(meta.get("trunk_blocks", 0)))
+        if saved != (self.cfg.tuning, self.cfg.rank, self.cfg.trunk_blocks):
             raise ValueError(
-                f"{path}: adapter was saved with tuning={meta.get('tuning')!r}, rank={meta.get('rank')}, "
-                f"but this model uses tuning={self.cfg.tuning!r}, rank={self.cfg.rank}; build the model with "
-                f"the file's settings"
+                f"{path}: adapter was saved with tuning={saved[0]!r}, rank={saved[1]}, "
+                f"trunk_blocks={saved[2]}, but this model uses tuning={self.cfg.tuning!r}, "
+                f"rank={self.cfg.rank}, trunk_blocks={self.cfg.trunk_blocks}; build the model with the "
+                "file's settings"
             )
         for backbone in (self.student, self.teacher):
             _copy_into(backbone.vit, tensors, path)
@@ -478,6 +513,7 @@ def apply_adapter(backbone: Backbone, path: str | Path) -> Backbone:
         adapter_scale=float(meta.get("adapter_scale", 0.1)),
         learnable_scale=json.loads(meta.get("learnable_scale", "false")),
         lora_alpha=json.loads(meta.get("lora_alpha", "null")),
+        first_block=int(meta.get("trunk_blocks", 0)),
     )
     needed = {n for n, p in backbone.vit.named_parameters() if p.requires_grad}
     absent = sorted(needed - set(tensors))

@@ -50,6 +50,7 @@ from .objective import GlareObjective
 from .paths import smoke_mode
 from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
 from .teacher import StudentTeacher
+from .trunk import TrunkBatch, check_resumed_bank, check_trunk, prepare_bank, trunk_batches
 from .tuning import count_parameters
 from .weights import load_base_with_head
 
@@ -474,6 +475,7 @@ def build_run(
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)  # same initial weights on every rank
     backbone, head_state = load_base_with_head(cfg.base, verbose=say)
+    check_trunk(cfg, backbone.depth)  # trunk_blocks: no tuning modules before block n (glare_core.trunk)
     model = StudentTeacher(
         backbone, cfg.student_teacher_config(), head_state_dict=head_state, base_name=cfg.base
     ).to(device)
@@ -514,14 +516,15 @@ def build_run(
     )
 
 
-def train_step(run: Run, images: torch.Tensor, step: int) -> dict[str, float]:
+def train_step(run: Run, images: torch.Tensor | TrunkBatch, step: int) -> dict[str, float]:
     """One optimisation step: schedules -> loss -> NaN guard -> backward -> clip -> AdamW -> EMA.
 
     The function :func:`pretrain` calls at every step, and the one ``glare bench`` times.
 
     Args:
         run: from :func:`build_run`.
-        images: (B / world_size, 3, S, S) float in [0, 1], this rank's slice of the global batch.
+        images: (B / world_size, 3, S, S) float in [0, 1], this rank's slice of the global batch; with
+            ``trunk_blocks`` a :class:`~glare_core.trunk.TrunkBatch` of cached views instead.
         step: the step number (0-based); picks the schedules' values and seeds nothing.
 
     Returns:
@@ -630,6 +633,10 @@ def pretrain(
     run = build_run(cfg, info, total_steps, head_images)
     model, objective, optimizer, scaler = run.model, run.objective, run.optimizer, run.scaler
     counts = count_parameters(model.student)
+    trunk = None  # trunk_blocks: load (verified) or build the bank of cached trunk tokens
+    if cfg.trunk_blocks:
+        bank, trunk = prepare_bank(run, loader.dataset.dataset)
+        check_resumed_bank(checkpoint, trunk, ckpt_path)
     probe, measured = (
         None,
         None,
@@ -663,14 +670,17 @@ def pretrain(
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True)
-    batches = iter(loader)
+    if cfg.trunk_blocks:  # bank entries in the sampler's order instead of images
+        batches = trunk_batches(bank, loader.batch_sampler, device, cfg.seed)
+    else:
+        batches = iter(loader)
     t_run, seen, step_record = time.perf_counter(), 0, {}
     model.train()
     try:
         for step in range(start_step, total_steps):
             t0 = time.perf_counter()
             batch = next(batches)  # uint8 (B / K, 3, S, S): this rank's slice of the global batch
-            images = batch.to(device, non_blocking=True).float().div_(255)  # in [0, 1]
+            images = _step_input(batch, device)  # in [0, 1] (or cached trunk tokens)
             try:
                 step_record = train_step(run, images, step)
             except NonFiniteLossError as e:
@@ -678,12 +688,12 @@ def pretrain(
                     f"{e}; the last good checkpoint ({ckpt_path}) is untouched. Lower the learning rate "
                     "(--set lr=...) or use --precision fp32, then --resume."
                 ) from None
-            seen += images.shape[0] * info.world_size
+            seen += len(images) * info.world_size
             dt = time.perf_counter() - t0
             record = {
                 "step": step + 1,
                 **step_record,
-                "images_per_s": images.shape[0] * info.world_size / dt,
+                "images_per_s": len(images) * info.world_size / dt,
                 "seconds": time.perf_counter() - t_run,
             }
             if probe is not None and ((step + 1) % cfg.telemetry_every == 0 or step + 1 == total_steps):
@@ -706,6 +716,7 @@ def pretrain(
                     "step": step + 1,
                     "total_steps": total_steps,
                     "sampler": loader.batch_sampler.state_dict(),
+                    **({"trunk_bank": trunk["sha256"]} if trunk else {}),  # the bank the step read
                 }
                 _checkpoint(ckpt_path, run, position)
     except torch.cuda.OutOfMemoryError as e:
@@ -745,6 +756,7 @@ def pretrain(
         "device": str(device),
         "world_size": info.world_size,
         "data_root": _data_root(loader),
+        "trunk": trunk,
     }
     if info.is_main:
         model.export_adapter(out / "adapter.safetensors")  # the EMA teacher's adapters, as DINO evaluates
@@ -752,6 +764,13 @@ def pretrain(
         runs.atomic_write_json(out / "summary.json", summary)
     dist_utils.barrier(info)
     return summary
+
+
+def _step_input(batch: torch.Tensor | TrunkBatch, device: torch.device) -> torch.Tensor | TrunkBatch:
+    """A uint8 image batch -> float in [0, 1] on the device; a trunk batch is already there."""
+    if isinstance(batch, TrunkBatch):
+        return batch
+    return batch.to(device, non_blocking=True).float().div_(255)
 
 
 def _checkpoint(path: Path, run: Run, position: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ def configure_tuning(
     adapter_scale: float = 0.1,
     learnable_scale: bool = False,
     lora_alpha: float | None = None,
+    first_block: int = 0,
 ) -> nn.Module:
     """Add the modules of ``mode`` to a timm ViT and set ``requires_grad`` accordingly (in place).
 
@@ -37,21 +38,39 @@ def configure_tuning(
         adapter_scale: UniAdapter scale s.
         learnable_scale: train s as well.
         lora_alpha: LoRA alpha (default: equal to ``rank``, so the scaling is 1).
+        first_block: blocks before this one get no tuning modules and stay frozen, and so does everything
+            that runs before them (patch and position embeddings): the frozen trunk of
+            :mod:`glare_core.trunk`. For ``"full"`` only the later blocks and the final norm train.
     """
     if mode not in TUNING_MODES:
         raise ValueError(f"unknown tuning mode {mode!r}; choose one of {TUNING_MODES}")
     if mode == "adapter":
-        add_uniadapters(vit, bottleneck=rank, scale=adapter_scale, learnable_scale=learnable_scale)
+        add_uniadapters(
+            vit,
+            bottleneck=rank,
+            scale=adapter_scale,
+            learnable_scale=learnable_scale,
+            first_block=first_block,
+        )
         freeze_all_but(vit, is_adapter_parameter)
     elif mode == "lora":
-        add_lora(vit, rank=rank, alpha=lora_alpha)
+        add_lora(vit, rank=rank, alpha=lora_alpha, first_block=first_block)
         freeze_all_but(vit, is_lora_parameter)
+    elif mode == "full" and first_block > 0:
+        freeze_all_but(vit, lambda name: not _before_block(name, first_block))
     elif mode == "full":
         for p in vit.parameters():
             p.requires_grad_(True)
     else:
         freeze_all_but(vit, lambda name: False)
     return vit
+
+
+def _before_block(name: str, first_block: int) -> bool:
+    """True for a ViT parameter that acts before block ``first_block`` (embeddings, earlier blocks)."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) < first_block
+    return not name.startswith(("norm.", "fc_norm.", "head."))
 
 
 def freeze_all_but(model: nn.Module, trainable) -> None:

@@ -88,15 +88,22 @@ class AdaptedBlock(nn.Module):
 
 
 def add_uniadapters(
-    vit: nn.Module, bottleneck: int = 64, scale: float = 0.1, learnable_scale: bool = False
+    vit: nn.Module,
+    bottleneck: int = 64,
+    scale: float = 0.1,
+    learnable_scale: bool = False,
+    first_block: int = 0,
 ) -> nn.Module:
-    """Put a UniAdapter into every block of a timm VisionTransformer, in place.
+    """Put a UniAdapter into every block of a timm VisionTransformer from ``first_block`` on, in place.
 
-    Returns the same model. At initialisation its outputs equal the base model's exactly (the ``up``
-    projection and every bias start at zero).
+    Blocks before ``first_block`` stay plain (the frozen trunk of :mod:`glare_core.trunk`). Returns the same
+    model. At initialisation its outputs equal the base model's exactly (the ``up`` projection and every
+    bias start at zero).
     """
     blocks = vit.blocks
     for i, block in enumerate(blocks):
+        if i < first_block:
+            continue
         if isinstance(block, AdaptedBlock):
             raise ValueError(f"block {i} already has a UniAdapter")
         dim = block.norm1.normalized_shape[0]
