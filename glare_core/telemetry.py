@@ -69,18 +69,22 @@ def make_probe(
 @torch.no_grad()
 def adapter_shares(
     backbone: Backbone, images: torch.Tensor, precision: Precision | str = "fp32"
-) -> list[float]:
-    """Per block, ``||adapter(x)|| / ||x||`` on ``images`` (an empty list for a model without UniAdapters)."""
-    blocks = [b for b in backbone.vit.blocks if isinstance(b, AdaptedBlock)]
-    if not blocks:
-        return []
-    shares: list[float] = []
+) -> list[float | None]:
+    """Per block, ``||adapter(x)|| / ||x||`` on ``images``; None for a block without a UniAdapter (a frozen
+    trunk block, or every block of a LoRA or fully fine-tuned model), so entry i is block i."""
+    blocks = list(backbone.vit.blocks)
+    adapted = [i for i, b in enumerate(blocks) if isinstance(b, AdaptedBlock)]
+    shares: list[float | None] = [None] * len(blocks)
+    if not adapted:
+        return shares
 
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        x = inputs[0].float()
-        shares.append(float(output.float().norm() / x.norm().clamp_min(1e-12)))
+    def hook_for(i: int):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            shares[i] = float(output.float().norm() / inputs[0].float().norm().clamp_min(1e-12))
 
-    handles = [b.adapter.register_forward_hook(hook) for b in blocks]
+        return hook
+
+    handles = [blocks[i].adapter.register_forward_hook(hook_for(i)) for i in adapted]
     try:
         last_tokens(backbone, images, precision)
     finally:
@@ -111,17 +115,19 @@ def measure(model: nn.Module, probe: TelemetryProbe) -> dict[str, Any]:
     """Every instrument for the student and the teacher of a :class:`~glare_core.teacher.StudentTeacher`.
 
     Returns:
-        ``{"student": {...}, "teacher": {...}}``, each with ``adapter_share`` (list per block),
+        ``{"student": {...}, "teacher": {...}}``, each with ``adapter_share`` (list per block, None where a
+        block has no adapter),
         ``adapter_share_max``, ``token_change`` and ``token_non_affine_share``.
     """
     out: dict[str, Any] = {}
     for name in ("student", "teacher"):
         backbone = getattr(model, name)
         shares = adapter_shares(backbone, probe.images, probe.precision)
+        measured = [x for x in shares if x is not None]
         change = token_change(probe.reference, last_tokens(backbone, probe.images, probe.precision))
         out[name] = {
             "adapter_share": shares,
-            "adapter_share_max": max(shares) if shares else None,
+            "adapter_share_max": max(measured) if measured else None,
             "token_change": change["change"],
             "token_non_affine_share": change["non_affine_share"],
         }

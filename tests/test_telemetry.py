@@ -30,7 +30,7 @@ def test_adapter_shares_start_at_zero_and_follow_the_adapters():
     torch.manual_seed(0)
     net = create_backbone("test_vit")
     images = torch.rand(2, 3, 32, 32)
-    assert telemetry.adapter_shares(net, images) == []  # no UniAdapters: nothing to measure
+    assert telemetry.adapter_shares(net, images) == [None] * net.depth  # no UniAdapters: nothing to measure
     configure_tuning(net.vit, "adapter", rank=8)
     assert telemetry.adapter_shares(net, images) == [0.0] * net.depth  # zero-initialised up projections
     torch.nn.init.normal_(net.vit.blocks[1].adapter.up.weight, std=0.1)
