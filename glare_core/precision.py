@@ -1,9 +1,10 @@
 """Mixed precision chosen on purpose: which autocast dtype a run uses, measured rather than guessed.
 
 bf16 autocast is the fast path only where the hardware multiplies bf16 matrices natively: GPUs from Ampere
-on, and CPUs with AMX or AVX512_BF16 units. Elsewhere it is a trap. On a 2-core AMD EPYC whose torch CPU
-capability is ``AVX2``, a 1024 x 1024 bf16 matmul ran at 0.34 GFLOP/s against 18 GFLOP/s in float32, and a
-ViT-S forward under bf16 autocast was 7.4x slower than in float32. So ``precision="auto"`` (the default of
+on, and CPUs with AMX or AVX512_BF16 units. Elsewhere it is a trap: on a 2-core AMD EPYC with torch,
+oneDNN and MKL limited to AVX2 kernels (an emulation of a processor without bf16 units), a 1024^3 bf16 matmul
+ran at 1.25 GFLOP/s against 88 in float32 and the GLARE training step was 14x slower in bf16 than in float32
+(``results/efficiency/bench_amd_epyc_avx2_kernels.json``). So ``precision="auto"`` (the default of
 every command) decides from a measurement:
 
 * **CUDA**: bf16 where the GPU has native bf16 (``torch.cuda.is_bf16_supported(including_emulation=False)``,
@@ -44,8 +45,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: ``auto`` picks bf16 on a CPU when its bf16 matmul measured at least this many times the float32 one. A
 #: training step is not all matmul (autocast adds casts; norms, softmax and the losses stay float32), so a
-#: bare 1.0 would not pay; measured ratios fall far on either side: 0.02x (AVX2 only), 4.8x (AVX512_BF16),
-#: about 5x (AMX).
+#: bare 1.0 would not pay; measured ratios fall far on either side: 0.01-0.06x (AVX2 kernels only, emulated),
+#: 3-5x (AVX512_BF16, a 2-core AMD EPYC), 5.1x (AMX, ``results/efficiency/bench_intel_xeon_amx_v1.json``).
 BF16_MIN_SPEEDUP = 2.0
 #: The matmul that is timed: (tokens, width) x (width, 4 width) of a ViT-S MLP, 1024 tokens.
 PROBE_SHAPE = (1024, 384, 1536)
