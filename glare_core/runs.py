@@ -1,6 +1,7 @@
 """Run folders: what :func:`glare_core.train.pretrain` checks before it writes anything, and how it writes.
 
-A run folder holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``adapter.safetensors`` and
+A run folder holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``adapter.safetensors`` (and the
+student's ``adapter_student.safetensors``) and
 ``summary.json`` (:data:`RUN_FILES`). The rules, so that no run is lost and no file runs code:
 
 * A new run refuses a folder that already holds a run, unless the caller asks to overwrite it
@@ -35,7 +36,14 @@ import torch
 
 from .errors import CheckpointError, NonFiniteError, RunFolderError
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "adapter.safetensors", "summary.json")
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "adapter.safetensors",
+    "adapter_student.safetensors",
+    "summary.json",
+)
 """The files a run writes into its folder."""
 
 RESUME_SAFE_KEYS = (

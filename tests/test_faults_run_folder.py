@@ -143,11 +143,10 @@ def test_unwritable_out_is_refused_up_front(tmp_path: Path):
         pretrain(_smoke(), blocker / "run")
 
 
-def test_every_run_file_is_known():
-    assert set(RUN_FILES) == {
-        "config.json",
-        "metrics.jsonl",
-        "checkpoint.pt",
-        "adapter.safetensors",
-        "summary.json",
-    }
+def test_every_run_file_is_known(tmp_path: Path):
+    """Every file a run writes is one --overwrite clears and a new run refuses to write over."""
+    cfg = _smoke()
+    cfg.steps, cfg.checkpoint_every = 2, 2
+    pretrain(cfg, tmp_path / "run")
+    written = {p.name for p in (tmp_path / "run").iterdir()}
+    assert written == set(RUN_FILES)
