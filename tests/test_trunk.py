@@ -198,6 +198,27 @@ def test_exported_adapter_of_a_trunk_model_applies_to_a_fresh_base(tmp_path: Pat
         wrong.load_adapter(path)
 
 
+def test_a_block_inside_the_trunk_is_a_control_that_equals_the_base(tmp_path: Path):
+    """Probe readouts: the features of a block below ``trunk_blocks`` of an adapted model are the base's, bit
+    for bit (a control block for the tables), while the last block's differ."""
+    from glare_core.features import _forward_features
+
+    m = model()
+    path = m.export_adapter(tmp_path / "adapter.safetensors")
+    torch.manual_seed(0)
+    base = create_backbone("test_vit").eval()
+    torch.manual_seed(0)
+    adapted = apply_adapter(create_backbone("test_vit"), path)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        control = [N - 1]
+        torch.testing.assert_close(
+            _forward_features(adapted, x, control), _forward_features(base, x, control), rtol=0, atol=0
+        )
+        last = [base.depth - 1]
+        assert not torch.equal(_forward_features(adapted, x, last), _forward_features(base, x, last))
+
+
 # ---------------------------------------------------------------------------- the bank on disk
 def trunk_cfg():
     cfg = preset("smoke")
