@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from glare_core.config import apply_overrides, preset
+from glare_core.runs import load_checkpoint
 from glare_core.train import pretrain
 
 DETERMINISTIC = [
@@ -65,8 +66,8 @@ def test_two_gloo_processes_match_one(tmp_path: Path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    a = torch.load(single / "checkpoint.pt", weights_only=False)
-    b = torch.load(multi / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(single / "checkpoint.pt")
+    b = load_checkpoint(multi / "checkpoint.pt")
     assert a["step"] == b["step"] == 4 and len(b["rng"]) == 2  # one RNG state per rank
     assert a["model"].keys() == b["model"].keys()
     changed = 0

@@ -25,6 +25,7 @@ from glare_core.pipa import (
     supervised_pixel_contrast,
 )
 from glare_core.pipa.patch_consistency import crop
+from glare_core.runs import load_checkpoint
 from glare_core.teacher import StudentTeacher, StudentTeacherConfig
 from glare_core.views import ViewConfig
 
@@ -267,7 +268,7 @@ def test_pretrain_command_selects_pipa_and_checkpoints_its_queue(tmp_path):
     assert main([*args, "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["objective"]["local_variant"] == "pipa"
     assert all("loss_local" in json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["objective"]
+    state = load_checkpoint(out / "checkpoint.pt")["objective"]
     assert "local_loss.core.queue.labels" in state
 
 

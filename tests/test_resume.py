@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from glare_core.config import preset
+from glare_core.runs import load_checkpoint
 from glare_core.train import pretrain
 
 
@@ -39,11 +40,11 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path, monkeyp
         _interrupt_at(m, stop_step=4)  # checkpoint after 3 steps; step 4 is logged, then Ctrl-C in step 5
         with pytest.raises(KeyboardInterrupt):
             pretrain(cfg, tmp_path / "resumed")
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 3
     pretrain(cfg, tmp_path / "resumed", resume=True)
 
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
     assert a["model"].keys() == b["model"].keys() and len(a["model"]) > 0
     assert any("teacher" in k for k in a["model"]), "the EMA teacher must be in the checkpoint"

@@ -12,6 +12,7 @@ import torch
 
 from glare_core.config import TrainConfig, apply_overrides, parse_value, preset
 from glare_core.distributed import DistInfo
+from glare_core.runs import load_checkpoint
 from glare_core.train import (
     NonFiniteLossError,
     ResumableBatchSampler,
@@ -181,7 +182,7 @@ def test_nan_guard_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(objective_mod.GlareObjective, "__call__", poisoned)
     with pytest.raises(NonFiniteLossError, match="step 3"):
         pretrain(cfg, tmp_path)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())

@@ -16,6 +16,7 @@ from glare_core.distributed import DistInfo
 from glare_core.heads import HeadConfig
 from glare_core.objective import GlareObjective, ObjectiveConfig
 from glare_core.patch_augment import PatchAugConfig
+from glare_core.runs import load_checkpoint
 from glare_core.teacher import StudentTeacher, StudentTeacherConfig, apply_adapter
 from glare_core.trunk import (
     BankError,
@@ -308,8 +309,8 @@ def test_trunk_run_resumes_bitwise_equal(tmp_path: Path, monkeypatch):
     resumed = pretrain(cfg, tmp_path / "resumed", resume=True)
     assert not resumed["trunk"]["built"]
 
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
