@@ -46,6 +46,7 @@ import torch
 
 from .config import TrainConfig, apply_overrides
 from .precision import AUTOCAST_DTYPES, matmul_gflops, resolve_precision
+from .provenance import git_commit, git_dirty
 from .system import machine_info
 
 #: Variant -> (objective terms, requested precision). ``glare`` and ``dino_only`` use ``auto``.
@@ -234,8 +235,6 @@ def benchmark(
     variants = tuple(variants or all_variants(device))
     specs = {name: variant_spec(name, device) for name in variants}  # ValueError for an unknown name
     say = print if verbose else (lambda *a, **k: None)
-    from .experiments import git_commit, git_dirty
-
     commit, dirty = git_commit(), git_dirty()  # the code at the start (and whether glare_core had changes)
     auto = resolve_precision("auto", device)
     say(f"auto precision here: {auto.name} ({auto.reason})", flush=True)

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import REPO_ROOT
+from .provenance import git_commit
 
 SCHEMA_VERSION = 1
 RESULTS_DIR = REPO_ROOT / "results"
@@ -618,32 +618,6 @@ def cost_key(cfg) -> str:
 
 
 # ============================================================================================ provenance
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the repository, or ``"unknown"``."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def git_dirty() -> bool | None:
-    """Whether ``glare_core/`` has uncommitted changes (None when git cannot tell)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--", "glare_core"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return bool(out.stdout.strip()) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def machine() -> dict[str, Any]:
     """CPU, cores, torch version, threads, load average, GPU (:func:`glare_core.system.machine_info`)."""
     try:
