@@ -427,6 +427,7 @@ class Run:
         params: the trainable tensors (gradient clipping).
         schedules: per-step ``lr``, ``wd`` and ``momentum`` arrays of length ``total_steps``.
         precision: the resolved precision (:class:`~glare_core.precision.Precision`).
+        attention: the attention kernel the blocks use (``"fused"`` or ``"math"``, :func:`select_attention`).
         info: this process's rank, world size and device.
         head_warmup: steps during which only the heads train.
         frozen: storage pointers of the frozen base tensors (left out of checkpoints).
@@ -442,6 +443,7 @@ class Run:
     params: list[nn.Parameter]
     schedules: dict[str, np.ndarray]
     precision: Precision
+    attention: str
     info: Any
     head_warmup: int
     frozen: set[int]
@@ -485,7 +487,7 @@ def build_run(
             print(f"[glare] new heads standardised on {len(head_images)} target images ({stats})", flush=True)
     if precision.dtype is not None:  # frozen base weights stored once in the autocast dtype: same results
         cast_frozen_base(model, precision.dtype)
-    select_attention(model, cfg.attention, device, precision.name)
+    attention = select_attention(model, cfg.attention, device, precision.name)
     if say:
         print(f"[glare] precision {precision.name} ({precision.requested}: {precision.reason})", flush=True)
     frozen = {p.data_ptr() for p in backbone.parameters() if not p.requires_grad}  # never in checkpoints
@@ -509,6 +511,7 @@ def build_run(
         params=[p for g in groups for p in g["params"]],
         schedules=build_schedules(cfg, total_steps),
         precision=precision,
+        attention=attention,
         info=info,
         head_warmup=cfg.head_warmup_steps if model.train_heads else 0,
         frozen=frozen,
@@ -752,7 +755,7 @@ def pretrain(
         "ema_dtype": model.ema_dtype(),
         "ln_k": math.log(model.out_dim),  # the value of a cross-entropy between uniform distributions
         "telemetry": measured,
-        "attention": select_attention(model, cfg.attention, device, run.precision.name),
+        "attention": run.attention,
         "device": str(device),
         "world_size": info.world_size,
         "data_root": _data_root(loader),
