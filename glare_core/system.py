@@ -14,12 +14,7 @@ from typing import Any
 
 import torch
 
-from .precision import cpu_flags, cpu_model
-
-#: Environment variables that restrict the kernels torch, oneDNN and MKL may use; with
-#: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` a processor with bf16 units behaves, for bf16 matrix
-#: products, like one without (measured here: bf16 matmul from 4.8x to 0.06x the float32 rate).
-KERNEL_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+from .precision import KERNEL_LIMIT_VARIABLES, cpu_flags, cpu_model
 
 
 def _version(package: str) -> str | None:
