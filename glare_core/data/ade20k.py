@@ -16,19 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (
-    DataError,
-    FileSegmentationDataset,
-    LabelMap,
-    MissingLabelsError,
-    SegmentationDataset,
-    canonical_split,
-    finish,
-    list_images,
-    pair_files,
-    require_dir,
-    resolve_root,
-)
+from .base import FileDataset, LabelMap, SplitFiles, list_images, pair_labels, require_dir, resolve_root
 
 NAME = "ade20k"
 CLASSES = (
@@ -76,36 +64,29 @@ FIX = (
 )
 
 
-def build(
-    split: str = "train",
-    root: str | Path | None = None,
-    labels: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    strict: bool = True,
-) -> SegmentationDataset:
-    """One ADE20K split (see the module docstring). Arguments as in :func:`glare_core.data.build_dataset`."""
-    split = canonical_split(split)
-    if split not in SPLITS:
-        raise DataError(
-            f"ade20k: unknown split {split!r}. Fix: use 'train' or 'val' (the challenge's test labels are "
-            "not public)."
-        )
+def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) -> SplitFiles:
+    """The files of one split: ``images/<training|validation>/*.jpg`` and their ``annotations/`` maps."""
     folder = resolve_root(NAME, root, CANDIDATES, ("images",), FIX)
     image_dir = require_dir(folder / "images" / SPLITS[split], f"ade20k split {split!r}", FIX)
-    images = list_images(image_dir, suffixes=(".jpg", ".jpeg", ".png"))
-    label_paths, problems = None, []
+    images, label_paths, problems = list_images(image_dir, suffixes=(".jpg", ".jpeg", ".png")), None, []
     if labels:
         ann = folder / "annotations" / SPLITS[split]
-        if not ann.is_dir():
-            raise MissingLabelsError(
-                f"ade20k/{split}: labels asked for, but {ann} does not exist. Fix: re-extract the official "
-                "archive (it holds annotations/ beside images/), or use labels=False.",
-                ann,
-            )
-        images, label_paths, problems = pair_files(
-            images, lambda p: ann / (p.stem + ".png"), str(image_dir), strict
+        missing = (
+            f"ade20k/{split}: labels asked for, but {ann} does not exist. Fix: re-extract the official "
+            "archive (it holds annotations/ beside images/), or use labels=False."
         )
-    ds = FileSegmentationDataset(NAME, split, CLASSES, PALETTE, images, label_paths, LABEL_MAP, folder, size)
-    return finish(ds, limit, seed, str(image_dir), f"the folder is empty. {FIX}", problems)
+        label_for = lambda p: ann / (p.stem + ".png")
+        images, label_paths, problems = pair_labels(images, ann, label_for, str(image_dir), strict, missing)
+    return SplitFiles(folder, images, label_paths, problems, str(image_dir), f"the folder is empty. {FIX}")
+
+
+#: One ADE20K split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.
+build = FileDataset(
+    NAME,
+    CLASSES,
+    PALETTE,
+    LABEL_MAP,
+    SPLITS,
+    list_split,
+    split_fix="use 'train' or 'val' (the challenge's test labels are not public).",
+)

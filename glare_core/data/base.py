@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,11 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.T
     Grey, palette and RGBA images are converted to RGB. Raises :class:`DataError` for a missing, corrupt or
     truncated file.
     """
-    path = Path(path)
-    img = _open_image(path, "image")
+    return image_tensor(_open_image(Path(path), "image"), size)
+
+
+def image_tensor(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A decoded image as an RGB uint8 tensor (3, H, W); ``size=(H, W)`` resizes bilinearly (antialiased)."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     if size is not None and img.size != (size[1], size[0]):
@@ -305,11 +309,16 @@ class SegmentationDataset(Dataset):
         """int64 (H, W) train-id map of item ``index``."""
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def checked_index(self, index: int) -> int:
+        """``index`` counted from the start (``-1`` is the last item); IndexError when out of range."""
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}/{self.split}: index {index} out of range ({len(self)} items)")
+        return index
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self.checked_index(index)
         image = self.load_image(index)
         item: dict[str, Any] = {"image": image, "path": self.image_paths[index]}
         if self.has_labels:
@@ -520,6 +529,103 @@ def finish(
     ds.select(reduce_indices(len(ds), limit, seed))
     ds.problems = list(problems)
     return ds
+
+
+def pair_labels(
+    images: Sequence[Path],
+    label_dir: Path,
+    label_for: Callable[[Path], Path],
+    where: str,
+    strict: bool,
+    missing: str,
+) -> tuple[list[Path], list[Path], list[DataError]]:
+    """:func:`pair_files` for label maps in ``label_dir``; a missing ``label_dir`` raises
+    :class:`MissingLabelsError` with the message ``missing`` (which names the folder and the fix)."""
+    if not label_dir.is_dir():
+        raise MissingLabelsError(missing, label_dir)
+    return pair_files(images, label_for, where, strict)
+
+
+@dataclass
+class SplitFiles:
+    """The files of one split, as a file-based dataset's ``list_split`` finds them.
+
+    Attributes:
+        folder: the dataset folder.
+        images: image files, one per item.
+        labels: their label maps in the same order, or None when labels were not asked for.
+        problems: images without a label map (kept with ``strict=False``, see :func:`pair_files`).
+        where: the folder the images were listed in (for messages).
+        empty_fix: the fix the error for a split without images gives.
+    """
+
+    folder: Path
+    images: list[Path]
+    labels: list[Path] | None
+    problems: list[DataError]
+    where: str
+    empty_fix: str
+
+
+@dataclass(frozen=True)
+class FileDataset:
+    """The builder of a dataset stored as image and label-map files (its ``build`` in ``DATASETS``).
+
+    A dataset module names its classes, palette, label map and splits, and writes ``list_split(split, root,
+    labels, strict, **options) -> SplitFiles``: find the dataset folder (:func:`resolve_root`), list the
+    split's images, and pair them with label maps when asked (:func:`pair_labels`). Calling the builder does
+    what is the same for every such dataset, in this order: the split name made canonical and an unknown one
+    refused, ``list_split``, a :class:`FileSegmentationDataset`, then :func:`finish` (an empty split refused,
+    the reduced split applied).
+
+    Attributes:
+        name, classes, palette, label_map: as in :class:`FileSegmentationDataset`.
+        splits: the split names the dataset has.
+        list_split: the dataset's file listing (above).
+        split_fix: the fix an unknown split's error gives (default: the list of ``splits``).
+    """
+
+    name: str
+    classes: Sequence[str]
+    palette: Sequence[tuple[int, int, int]]
+    label_map: LabelMap
+    splits: Collection[str]
+    list_split: Callable[..., SplitFiles]
+    split_fix: str = ""
+
+    def __call__(
+        self,
+        split: str = "train",
+        root: str | Path | None = None,
+        labels: bool = True,
+        limit: int | None = None,
+        seed: int = 0,
+        size: tuple[int, int] | None = None,
+        strict: bool = True,
+        **options: Any,
+    ) -> SegmentationDataset:
+        """One split of the dataset.
+
+        Arguments as in :func:`glare_core.data.build_dataset`; ``options`` (e.g. LoveDA's ``domain``) are
+        passed to ``list_split``.
+        """
+        split = canonical_split(split)
+        if split not in self.splits:
+            fix = self.split_fix or f"use one of {tuple(self.splits)}."
+            raise DataError(f"{self.name}: unknown split {split!r}. Fix: {fix}")
+        files = self.list_split(split, root, labels, strict, **options)
+        ds = FileSegmentationDataset(
+            self.name,
+            split,
+            self.classes,
+            self.palette,
+            files.images,
+            files.labels,
+            self.label_map,
+            files.folder,
+            size,
+        )
+        return finish(ds, limit, seed, files.where, files.empty_fix, files.problems)
 
 
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

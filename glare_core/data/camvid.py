@@ -17,19 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (
-    DataError,
-    FileSegmentationDataset,
-    LabelMap,
-    MissingLabelsError,
-    SegmentationDataset,
-    canonical_split,
-    finish,
-    list_images,
-    pair_files,
-    require_dir,
-    resolve_root,
-)
+from .base import FileDataset, LabelMap, SplitFiles, list_images, pair_labels, require_dir, resolve_root
 
 NAME = "camvid"
 CLASSES = (
@@ -67,36 +55,24 @@ FIX = (
 )
 
 
-def build(
-    split: str = "train",
-    root: str | Path | None = None,
-    labels: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    strict: bool = True,
-) -> SegmentationDataset:
-    """One CamVid split (see the module docstring). Arguments as in :func:`glare_core.data.build_dataset`."""
-    split = canonical_split(split)
-    if split not in SPLITS:
-        raise DataError(f"camvid: unknown split {split!r}. Fix: use one of {SPLITS}.")
+def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) -> SplitFiles:
+    """The files of one split: the frames in ``<split>/`` and their label maps in ``<split>annot/``."""
     folder = resolve_root(NAME, root, CANDIDATES, ("train", "val"), FIX)
     image_dir = require_dir(
         folder / split, f"camvid split {split!r}", f"the folder must hold {split}/. {FIX}"
     )
-    images = list_images(image_dir)
-    label_paths, problems = None, []
+    images, label_paths, problems = list_images(image_dir), None, []
     if labels:
         annot = folder / f"{split}annot"
-        if not annot.is_dir():
-            raise MissingLabelsError(
-                f"camvid/{split}: labels asked for, but {annot} does not exist (this copy has no {split} "
-                "labels; the offline copy keeps test labels back on purpose). Fix: use labels=False for "
-                f"unlabelled images, tune and report on 'val', or use the public copy ({FIX})",
-                annot,
-            )
-        images, label_paths, problems = pair_files(
-            images, lambda p: annot / (p.stem + ".png"), str(image_dir), strict
+        missing = (
+            f"camvid/{split}: labels asked for, but {annot} does not exist (this copy has no {split} labels; "
+            "the offline copy keeps test labels back on purpose). Fix: use labels=False for unlabelled "
+            f"images, tune and report on 'val', or use the public copy ({FIX})"
         )
-    ds = FileSegmentationDataset(NAME, split, CLASSES, PALETTE, images, label_paths, LABEL_MAP, folder, size)
-    return finish(ds, limit, seed, str(image_dir), f"the folder is empty; {FIX}", problems)
+        label_for = lambda p: annot / (p.stem + ".png")
+        images, label_paths, problems = pair_labels(images, annot, label_for, str(image_dir), strict, missing)
+    return SplitFiles(folder, images, label_paths, problems, str(image_dir), f"the folder is empty; {FIX}")
+
+
+#: One CamVid split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.
+build = FileDataset(NAME, CLASSES, PALETTE, LABEL_MAP, SPLITS, list_split)

@@ -18,15 +18,11 @@ from pathlib import Path
 
 from .base import (
     IGNORE_INDEX,
-    DataError,
-    FileSegmentationDataset,
+    FileDataset,
     LabelMap,
-    MissingLabelsError,
-    SegmentationDataset,
-    canonical_split,
-    finish,
+    SplitFiles,
     list_images,
-    pair_files,
+    pair_labels,
     require_dir,
     resolve_root,
 )
@@ -92,38 +88,31 @@ FIX = (
 )
 
 
-def build(
-    split: str = "train",
-    root: str | Path | None = None,
-    labels: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    strict: bool = True,
-) -> SegmentationDataset:
-    """One Cityscapes split (see the module docstring). Arguments as in ``build_dataset``."""
-    split = canonical_split(split)
-    if split not in SPLITS:
-        raise DataError(f"cityscapes: unknown split {split!r}. Fix: use one of {SPLITS}.")
+def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) -> SplitFiles:
+    """The files of one split: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and their label maps.
+
+    With ``labels``, the map of ``<stem>_leftImg8bit.png`` is
+    ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png``.
+    """
     folder = resolve_root(NAME, root, CANDIDATES, ("leftImg8bit",), FIX)
     image_dir = require_dir(folder / "leftImg8bit" / split, f"cityscapes split {split!r}", FIX)
     images = [p for p in list_images(image_dir, recursive=True) if p.stem.endswith("_leftImg8bit")]
     label_paths, problems = None, []
     if labels:
         gt = folder / "gtFine" / split
-        if not gt.is_dir():
-            raise MissingLabelsError(
-                f"cityscapes/{split}: labels asked for, but {gt} does not exist. Fix: unzip "
-                "gtFine_trainvaltest.zip beside leftImg8bit/, or use labels=False.",
-                gt,
-            )
 
         def label_for(p: Path) -> Path:
             stem = p.stem[: -len("_leftImg8bit")]
             return gt / p.parent.relative_to(image_dir) / f"{stem}_gtFine_labelIds.png"
 
-        images, label_paths, problems = pair_files(images, label_for, str(image_dir), strict)
-    ds = FileSegmentationDataset(NAME, split, CLASSES, PALETTE, images, label_paths, LABEL_MAP, folder, size)
-    return finish(
-        ds, limit, seed, str(image_dir), f"expected <city>/*_leftImg8bit.png there. {FIX}", problems
-    )
+        missing = (
+            f"cityscapes/{split}: labels asked for, but {gt} does not exist. Fix: unzip "
+            "gtFine_trainvaltest.zip beside leftImg8bit/, or use labels=False."
+        )
+        images, label_paths, problems = pair_labels(images, gt, label_for, str(image_dir), strict, missing)
+    empty_fix = f"expected <city>/*_leftImg8bit.png there. {FIX}"
+    return SplitFiles(folder, images, label_paths, problems, str(image_dir), empty_fix)
+
+
+#: One Cityscapes split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.
+build = FileDataset(NAME, CLASSES, PALETTE, LABEL_MAP, SPLITS, list_split)

@@ -31,7 +31,15 @@ from PIL import Image
 from glare_core.paths import hub_offline
 
 from .ade20k import voc_colormap
-from .base import IGNORE_INDEX, DataError, LabelMap, MissingLabelsError, SegmentationDataset, finish
+from .base import (
+    IGNORE_INDEX,
+    DataError,
+    LabelMap,
+    MissingLabelsError,
+    SegmentationDataset,
+    finish,
+    image_tensor,
+)
 
 NAME = "hf"
 
@@ -171,10 +179,7 @@ class HFSegmentationDataset(SegmentationDataset):
             ) from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"{self.name}/{self.split}: index {index} out of range ({len(self)} items)")
+        index = self.checked_index(index)
         row = self._row(index)
         img = row[self.image_column]
         if not isinstance(img, Image.Image):
@@ -182,10 +187,7 @@ class HFSegmentationDataset(SegmentationDataset):
                 f"{self.image_paths[index]}: column {self.image_column!r} is not an image "
                 f"({type(img).__name__}). Fix: pass image_column= the image column."
             )
-        img = img.convert("RGB")
-        if self.size is not None and img.size != (self.size[1], self.size[0]):
-            img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-        image = torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+        image = image_tensor(img, self.size)
         item: dict[str, Any] = {"image": image, "path": self.image_paths[index]}
         if self.has_labels:
             mask = row[self.label_column]

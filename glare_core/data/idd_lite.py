@@ -15,19 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (
-    DataError,
-    FileSegmentationDataset,
-    LabelMap,
-    MissingLabelsError,
-    SegmentationDataset,
-    canonical_split,
-    finish,
-    list_images,
-    pair_files,
-    require_dir,
-    resolve_root,
-)
+from .base import FileDataset, LabelMap, SplitFiles, list_images, pair_labels, require_dir, resolve_root
 
 NAME = "idd_lite"
 CLASSES = (
@@ -57,38 +45,30 @@ FIX = (
 )
 
 
-def build(
-    split: str = "train",
-    root: str | Path | None = None,
-    labels: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    strict: bool = True,
-) -> SegmentationDataset:
-    """One IDD-Lite split (see the module docstring). Arguments as in ``build_dataset``."""
-    split = canonical_split(split)
-    if split not in SPLITS:
-        raise DataError(f"idd_lite: unknown split {split!r}. Fix: use one of {SPLITS}.")
+def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) -> SplitFiles:
+    """The files of one split: ``leftImg8bit/<split>/<seq>/*_image.jpg`` and their label maps.
+
+    With ``labels``, the map of ``<id>_image.jpg`` is ``gtFine/<split>/<seq>/<id>_label.png``.
+    """
     folder = resolve_root(NAME, root, CANDIDATES, ("leftImg8bit",), FIX)
     image_dir = require_dir(folder / "leftImg8bit" / split, f"idd_lite split {split!r}", FIX)
     images = [p for p in list_images(image_dir, recursive=True) if p.name.endswith("_image" + p.suffix)]
     label_paths, problems = None, []
     if labels:
         gt = folder / "gtFine" / split
-        if not gt.is_dir():
-            raise MissingLabelsError(
-                f"idd_lite/{split}: labels asked for, but {gt} does not exist (IDD-Lite's test split has no "
-                "labels). Fix: use labels=False, or evaluate on 'val'.",
-                gt,
-            )
 
         def label_for(p: Path) -> Path:
             stem = p.name[: -len("_image" + p.suffix)]
             return gt / p.parent.relative_to(image_dir) / f"{stem}_label.png"
 
-        images, label_paths, problems = pair_files(images, label_for, str(image_dir), strict)
-    ds = FileSegmentationDataset(NAME, split, CLASSES, PALETTE, images, label_paths, LABEL_MAP, folder, size)
-    return finish(
-        ds, limit, seed, str(image_dir), f"expected <seq>/<id>_image.jpg files there. {FIX}", problems
-    )
+        missing = (
+            f"idd_lite/{split}: labels asked for, but {gt} does not exist (IDD-Lite's test split has no "
+            "labels). Fix: use labels=False, or evaluate on 'val'."
+        )
+        images, label_paths, problems = pair_labels(images, gt, label_for, str(image_dir), strict, missing)
+    empty_fix = f"expected <seq>/<id>_image.jpg files there. {FIX}"
+    return SplitFiles(folder, images, label_paths, problems, str(image_dir), empty_fix)
+
+
+#: One IDD-Lite split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.
+build = FileDataset(NAME, CLASSES, PALETTE, LABEL_MAP, SPLITS, list_split)

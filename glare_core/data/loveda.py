@@ -14,18 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (
-    DataError,
-    FileSegmentationDataset,
-    LabelMap,
-    MissingLabelsError,
-    SegmentationDataset,
-    canonical_split,
-    finish,
-    list_images,
-    pair_files,
-    resolve_root,
-)
+from .base import DataError, FileDataset, LabelMap, SplitFiles, list_images, pair_labels, resolve_root
 
 NAME = "loveda"
 CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
@@ -48,20 +37,14 @@ FIX = (
 )
 
 
-def build(
-    split: str = "train",
-    root: str | Path | None = None,
-    labels: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    strict: bool = True,
-    domain: str = "both",
-) -> SegmentationDataset:
-    """One LoveDA split; ``domain`` in {"urban", "rural", "both"}. Other arguments as in ``build_dataset``."""
-    split = canonical_split(split)
-    if split not in SPLITS:
-        raise DataError(f"loveda: unknown split {split!r}. Fix: use one of {tuple(SPLITS)}.")
+def list_split(
+    split: str, root: str | Path | None, labels: bool, strict: bool, domain: str = "both"
+) -> SplitFiles:
+    """The files of one split: ``<Split>/<Domain>/images_png/*.png`` and their masks.
+
+    ``domain`` is "urban", "rural" or "both" (urban first); with ``labels``, each tile's mask has the same
+    name in ``masks_png/`` beside ``images_png/``.
+    """
     if domain.lower() not in DOMAINS:
         raise DataError(f"loveda: unknown domain {domain!r}. Fix: use one of {tuple(DOMAINS)}.")
     folder = resolve_root(NAME, root, CANDIDATES, tuple(SPLITS.values()), FIX)
@@ -76,13 +59,12 @@ def build(
         imgs = list_images(image_dir)
         if labels:
             masks = base / "masks_png"
-            if not masks.is_dir():
-                raise MissingLabelsError(
-                    f"loveda/{split}: labels asked for, but {masks} does not exist (LoveDA's test masks are "
-                    "not public). Fix: use labels=False, or evaluate on 'val'.",
-                    masks,
-                )
-            imgs, labs, probs = pair_files(imgs, lambda p, m=masks: m / p.name, str(image_dir), strict)
+            missing = (
+                f"loveda/{split}: labels asked for, but {masks} does not exist (LoveDA's test masks are not "
+                "public). Fix: use labels=False, or evaluate on 'val'."
+            )
+            label_for = lambda p, m=masks: m / p.name
+            imgs, labs, probs = pair_labels(imgs, masks, label_for, str(image_dir), strict, missing)
             label_paths.extend(labs)
             problems.extend(probs)
         images.extend(imgs)
@@ -93,5 +75,9 @@ def build(
             f"{FIX}",
             where,
         )
-    ds = FileSegmentationDataset(NAME, split, CLASSES, PALETTE, images, label_paths, LABEL_MAP, folder, size)
-    return finish(ds, limit, seed, where, f"images_png/ is empty. {FIX}", problems)
+    return SplitFiles(folder, images, label_paths, problems, where, f"images_png/ is empty. {FIX}")
+
+
+#: One LoveDA split (see the module docstring): ``build(split, ..., domain="both")``, other arguments as in
+#: :func:`glare_core.data.build_dataset`.
+build = FileDataset(NAME, CLASSES, PALETTE, LABEL_MAP, SPLITS, list_split)
