@@ -29,14 +29,7 @@ from glare_core.runs import load_checkpoint
 from glare_core.teacher import StudentTeacher, StudentTeacherConfig
 from glare_core.views import ViewConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids thread contention on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------ pixel contrast

@@ -14,14 +14,7 @@ from glare_core.probe import DecoderProbe
 from glare_core.segmentation import SegTrainConfig, _batch_indices, train_segmentation
 from glare_core.ssr import SSRConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids thread contention on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

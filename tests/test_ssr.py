@@ -11,14 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from glare_core.segmentation import SegmentationModel, frozen_bn_stats
 from glare_core.ssr import SSRFusion, load_sam_encoder
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids thread contention on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def reference_fusion(m: SSRFusion, feats: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
