@@ -148,7 +148,7 @@ class TrainConfig:
     """``torch.compile`` the student and teacher forwards (falls back to eager with a warning on failure)."""
     num_threads: int | None = None
     """CPU threads for torch during the run (None: torch's default, one per core). Tiny models run fastest on
-    thread, and so does any run on a machine whose cores are busy with other work."""
+    one thread, and so does any run on a machine whose cores are busy with other work."""
     seed: int = 0
     """Seed of everything: weights of new heads, data order, crops, views."""
 
@@ -371,10 +371,12 @@ def _cpu() -> TrainConfig:
 
 
 def _colab_t4() -> TrainConfig:
-    """A 16 GB Colab T4: DINO ViT-S/16 on CamVid at 224 px, batch 64, ``auto`` precision (fp16 autocast with a
-    GradScaler on a T4, which has no bf16), K = 16384 prototypes. 100 epochs of CamVid's 367 training images =
-    500 steps. Not measured here (no GPU); if it runs out of memory the error names this fix:
-    ``--set batch_size=32``."""
+    """A 16 GB Colab T4: DINO ViT-S/16 on CamVid at 224 px, batch 64, K = 16384 prototypes.
+
+    ``auto`` precision: fp16 autocast with a GradScaler on a T4, which has no bf16. 100 epochs of CamVid's
+    367 training images = 500 steps. Not measured here (no GPU); if it runs out of memory the error names
+    this fix: ``--set batch_size=32``.
+    """
     cfg = TrainConfig(
         base="dino_vits16",
         dataset="camvid",
@@ -431,7 +433,7 @@ def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
 
     Raises:
         ValueError: for a malformed item, an unknown key (with the closest valid keys) or a value of the wrong
-        type.
+            type.
     """
     for item in overrides:
         if "=" not in item:

@@ -54,8 +54,7 @@ def knn_classify(
 
     Returns:
         (Q, C) class scores: sum over the k nearest neighbours of exp(cos / T) for their class. ``argmax``
-            gives
-        the top-1 prediction.
+        gives the top-1 prediction.
     """
     bank = F.normalize(bank_features.float(), dim=1)
     queries = F.normalize(query_features.float(), dim=1)
@@ -116,8 +115,11 @@ def tinyimagenet_files(root: str | Path | None = None) -> dict[str, list[str]]:
 def select_bank(
     labels: Sequence[int], per_class: int, seed: int = 0, classes: Sequence[int] | None = None
 ) -> list[int]:
-    """Indices of a fixed bank: ``per_class`` items of every class (all of a class when it has fewer), by
-    seed."""
+    """Indices of a fixed bank: ``per_class`` items of every class, chosen by ``seed``.
+
+    A class with fewer items gives all of them; ``classes`` restricts the bank to those class ids. The indices
+    are returned sorted.
+    """
     labels_t = torch.as_tensor(list(labels))
     wanted = sorted(set(labels_t.tolist())) if classes is None else list(classes)
     gen = torch.Generator().manual_seed(seed)

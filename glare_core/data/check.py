@@ -32,7 +32,8 @@ class SplitReport:
         images: number of images listed.
         labelled: how many of them have a label map (0 when the split has no labels).
         sizes: (H, W) -> number of images.
-        pixels: per-class pixel counts (C,), plus ignored pixels in ``ignored``.
+        pixels: per-class pixel counts (C,) of the labelled images.
+        ignored: labelled pixels with the ignore id (255).
         classes: class names.
         bad: (file, message) for every problem.
         note: e.g. "no labels in this copy".
@@ -123,8 +124,8 @@ def check_dataset(
         name: a :data:`glare_core.data.DATASETS` name.
         root: the dataset folder (None: search the data roots).
         splits: splits to check; None checks ``train``, ``val`` and ``test`` and skips those that do not
-        exist. labels: ``"auto"`` (check labels where the split has them), ``"yes"`` (a split without labels
-        is an
+            exist.
+        labels: ``"auto"`` (check labels where the split has them), ``"yes"`` (a split without labels is an
             error) or ``"no"`` (images only).
         limit: check only this many images per split (the reduced split with seed 0).
         progress: show a progress bar.
