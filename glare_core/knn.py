@@ -6,8 +6,8 @@ images, with DINO's weighted k-NN classifier (``eval_knn.py``, Caron et al. 2021
 
 * features: the [CLS] token (option: mean-pooled patch tokens), L2-normalised;
 * similarity: cosine; the k = 20 nearest bank images vote for their class with weight exp(cos / T), T = 0.07;
-* bank: a fixed subset of Tiny-ImageNet *train* (default 20 images per class, chosen with a fixed seed),
-  queries: the Tiny-ImageNet *validation* split (2,020 images, 10 per class);
+* bank: a fixed subset of Tiny-ImageNet *train* (default 20 images per class, chosen with a fixed seed);
+* queries: the Tiny-ImageNet *validation* split (2,020 images, 10 per class);
 * images (64x64) resized to 224x224 (112 in smoke mode), no crop.
 
 The bank and query features are cached on disk like the segmentation features (:mod:`glare_core.features`), so
