@@ -63,10 +63,6 @@ class ResultFileError(ValueError):
     """A result file that cannot be read or lacks required fields; the message names the file and the fix."""
 
 
-class NotYetAvailableError(NotImplementedError):
-    """A table whose code does not exist yet (``kind="placeholder"``)."""
-
-
 # ============================================================================================ definitions
 @dataclass(frozen=True)
 class Row:
@@ -127,8 +123,7 @@ class Table:
         title: caption.
         kind: ``"cells"`` (pre-train + probe per cell), ``"segmentation"`` (a light decoder, with a row's
             extra training terms, on the frozen base or on an adapted backbone taken from another table's
-            pre-training; :func:`run_segmentation_cell`), ``"bench"`` (runs :mod:`glare_core.bench`) or
-            ``"placeholder"`` (not yet available).
+            pre-training; :func:`run_segmentation_cell`) or ``"bench"`` (runs :mod:`glare_core.bench`).
         rows, datasets, seeds: the grid.
         preset: training preset every pre-training row starts from.
         overrides: the table's scale (``--set`` items applied before each row's own overrides).
@@ -1741,8 +1736,6 @@ def plan(table: Table, results_dir: Path, smoke: bool = False, runs_dir: Path | 
     Segmentation tables: feature extraction is counted once per frozen backbone (the base; each seed's
     adapted model) and not at all when a finished cell already extracted (and cached) it; pre-training is
     counted only when the adapter's run folder under ``runs_dir`` is not finished."""
-    if table.kind == "placeholder":
-        return f"{table.name}: {table.title}\n  not yet available: {table.note}"
     if table.kind == "bench":
         done = (Path(results_dir) / table.name / "bench.json").exists()
         return f"{table.name}: {table.title}\n  bench.json {'done' if done else 'to run'} (a few minutes)"
@@ -1814,9 +1807,6 @@ def run_table(
         The records of the cells run now (skipped cells are not re-read).
     """
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
-    if table.kind == "placeholder":
-        msg = f"table {table.name!r} ({table.title}) is not yet available: {table.note}."
-        raise NotYetAvailableError(msg)
     if table.kind == "bench":
         return [run_bench(table, results_dir, smoke)]
     done_now = []
@@ -1885,9 +1875,7 @@ def status_lines(results_dir: str | Path = RESULTS_DIR) -> list[str]:
                 reason = stale_reason(c, results_dir) if c in done else None
                 mark = "x" if c in done else " "
                 lines.append(f"  [{mark}] {c.key}" + (f"  (STALE: {reason})" if reason else ""))
-        elif t.kind == "bench":
+        else:  # bench
             done = (results_dir / name / "bench.json").exists()
             lines.append(f"{name}: {t.title} -- [{'x' if done else ' '}] bench.json")
-        else:
-            lines.append(f"{name}: {t.title}")
     return lines

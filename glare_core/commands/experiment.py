@@ -114,9 +114,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{key}: {sec:.2f} s/step")
             return 0
         records = ex.run_table(table, results, runs, smoke=smoke, only=args.only, figures=not args.no_figures)
-    except ex.NotYetAvailableError as err:
-        print(f"glare experiment: {err}", file=sys.stderr)
-        return 3
     except (ValueError, FileNotFoundError) as err:
         print(f"glare experiment: {err}", file=sys.stderr)
         return 2
