@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .paths import REPO_ROOT, data_roots, smoke_mode
+from .paths import REPO_ROOT, data_roots, results_dir, smoke_mode
 from .runs import safe_torch_load
 
 #: Where Colab readers install the package from (``pip install --no-deps`` of this repository).
@@ -206,11 +206,17 @@ def setup(seed: int = 0, verbose: bool = True) -> Env:
 
 # ----------------------------------------------------------------------------------------- cached heavy work
 def resolve_result_path(path: str | os.PathLike) -> Path:
-    """Relative result paths are taken from the repository root (where ``results/`` lives) when running from a
-    checkout, else from the current folder."""
+    """A relative ``results/...`` path is taken inside :func:`glare_core.paths.results_dir` when there is one;
+    other relative paths (and ``results/...`` where no results folder exists, e.g. in Colab) start at the
+    repository root when running from a checkout, else at the current folder."""
     path = Path(path)
     if path.is_absolute():
         return path
+    if path.parts[:1] == ("results",):
+        try:
+            return results_dir().joinpath(*path.parts[1:])
+        except FileNotFoundError:
+            pass
     base = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
     return base / path
 
