@@ -40,7 +40,6 @@ The neighbours (the other seed methods, for comparison)
 Around it
     ``paths``           where data, weights and runs live
     ``notebook``        helpers for the book's chapters
-    ``book_toc``        the notebooks listed in ``_toc.yml``
     ``cli``             the ``glare`` command (subcommands in ``commands/``)
 """
 
