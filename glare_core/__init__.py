@@ -29,8 +29,9 @@ Training and evaluation
     ``evaluation``      the segmentation protocol every compared backbone goes through
     ``knn``             forgetting: k-NN accuracy on Tiny-ImageNet
     ``bench``           step throughput, memory and fraction of the measured matmul peak
-    ``experiments``     the result tables (main, ablations, neighbours, ...): resumable cells
-    ``plots``           tables and figures the book draws from ``results/``
+    ``study``           the result tables (main, ablations, neighbours, ...): resumable cells, the results
+                        the book reads (tables, configs, store, stats, report, figures, timing, runner)
+    ``plots``           figures of predictions (segmentation maps side by side)
 
 The neighbours (the other seed methods, for comparison)
     ``segmentation``    a light decoder trained on frozen or adapted features, with optional extra terms

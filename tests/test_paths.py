@@ -57,8 +57,10 @@ def test_no_results_anywhere_names_the_variable(layout):
 
 
 def test_the_chapters_stored_results_follow_the_results_folder(layout, monkeypatch):
+    from glare_core import notebook
     from glare_core.notebook import resolve_result_path
 
+    monkeypatch.setattr(notebook, "REPO_ROOT", paths.REPO_ROOT)  # its fall-back: the package's folder
     # no results folder anywhere (Colab): relative to the current folder, as before
     assert resolve_result_path("results/probe/x.json") == Path.cwd() / "results" / "probe" / "x.json"
     monkeypatch.setenv("GLARE_RESULTS_DIR", str(layout / "mine"))
