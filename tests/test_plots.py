@@ -125,6 +125,21 @@ def test_paired_difference_uses_only_seeds_both_rows_finished(results):
     assert none["n"] == 0 and none["mean"] is None and none["diffs"] == []
 
 
+def test_t_interval_of_the_paired_differences(results):
+    with pytest.raises(ValueError, match="at least two values"):
+        stats.t_interval([0.3, None])  # one seed: no spread to scale the interval by
+    pytest.importorskip("scipy")
+    from scipy.stats import t
+
+    # the quantiles chapter 9 once typed in by hand, now from scipy
+    assert [round(float(t.ppf(0.975, df)), 2) for df in (1, 2, 3, 4)] == [12.71, 4.30, 3.18, 2.78]
+    d = stats.paired_difference(results, "main", "glare", "base", "camvid")  # +0.10, +0.20
+    half = 12.7062047 * 0.0707107 / 2**0.5  # t(0.975, 1 df) * std / sqrt(n)
+    assert stats.t_interval(d["diffs"]) == pytest.approx((0.15 - half, 0.15 + half), rel=1e-5)
+    # 1 df at 50 %: the 75 % quantile of t is 1, so the half-width is std / sqrt(2) = 0.05
+    assert stats.t_interval(d["diffs"], confidence=0.5) == pytest.approx((0.10, 0.20))
+
+
 def test_comparison_lines_say_only_what_the_cells_show(results):
     lines = report.comparison_lines(results, "main", pairs=[("glare", "base")])
     assert len(lines) == 2  # one per dataset of the table
