@@ -233,8 +233,9 @@ def _to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} as JSON; return dicts, lists, numbers or tensors")
 
 
-def save_result(path: Path, value: Any) -> None:
-    """Save by suffix: ``.json`` (JSON), ``.pt``/``.pth`` (torch.save), ``.npz`` (a dict of arrays)."""
+def save_result(value: Any, path: Path) -> Path:
+    """Save ``value`` at ``path`` by suffix: ``.json`` (JSON), ``.pt``/``.pth`` (torch.save), ``.npz`` (a dict
+    of arrays). Returns ``path``. Value first, like :func:`glare_core.evaluation.save_result`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -245,6 +246,7 @@ def save_result(path: Path, value: Any) -> None:
         np.savez_compressed(path, **value)
     else:
         raise ValueError(f"{path}: unknown result format {suffix!r}; use .json, .pt or .npz")
+    return path
 
 
 def load_result(path: Path) -> Any:
@@ -291,7 +293,7 @@ def load_or_compute(
             print(f"loaded stored result {path}")
         return load_result(target)
     value = fn()
-    save_result(target, value)
+    save_result(value, target)
     if verbose:
         print(f"computed and saved {path}")
     return value

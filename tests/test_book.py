@@ -396,6 +396,17 @@ def test_load_or_compute_saves_then_loads(tmp_path, monkeypatch, suffix):
     assert len(calls) == 2
 
 
+def test_the_save_results_take_the_value_then_the_path(tmp_path):
+    """``notebook.save_result`` and ``evaluation.save_result`` read alike: value first, the path returned."""
+    from glare_core import evaluation
+
+    value = {"miou": 0.5}
+    for module in (notebook, evaluation):
+        path = tmp_path / module.__name__ / "r.json"
+        assert module.save_result(value, path) == path
+        assert module.load_result(path) == value
+
+
 def test_load_or_compute_in_smoke_mode_never_saves(tmp_path, monkeypatch):
     monkeypatch.setenv("GLARE_SMOKE", "1")
     path = tmp_path / "result.json"
