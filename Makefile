@@ -43,7 +43,7 @@ unit: setup
 
 nbval: setup
 	GLARE_SMOKE=1 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
-		$$($(BIN)/python -m glare_core.book_toc notebooks)
+		$$($(BIN)/python tools/book_toc.py notebooks)
 
 book: setup
 	$(BIN)/jupyter-book build . -W --keep-going

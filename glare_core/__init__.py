@@ -28,8 +28,9 @@ Training and evaluation
     ``evaluation``      the segmentation protocol every compared backbone goes through
     ``knn``             forgetting: k-NN accuracy on Tiny-ImageNet
     ``bench``           step throughput, memory and fraction of the measured matmul peak
-    ``experiments``     the result tables (main, ablations, neighbours, ...): resumable cells
-    ``plots``           tables and figures the book draws from ``results/``
+    ``study``           the result tables (main, ablations, neighbours, ...): resumable cells, the results
+                        the book reads (tables, configs, store, stats, report, figures, timing, runner)
+    ``plots``           figures of predictions (segmentation maps side by side)
 
 The neighbours (the other seed methods, for comparison)
     ``segmentation``    a light decoder trained on frozen or adapted features, with optional extra terms
@@ -39,7 +40,6 @@ The neighbours (the other seed methods, for comparison)
 Around it
     ``paths``           where data, weights and runs live
     ``notebook``        helpers for the book's chapters
-    ``book_toc``        the notebooks listed in ``_toc.yml``
     ``cli``             the ``glare`` command (subcommands in ``commands/``)
 """
 

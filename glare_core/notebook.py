@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .paths import REPO_ROOT, data_roots, smoke_mode
+from .paths import REPO_ROOT, data_roots, results_dir, smoke_mode
 from .runs import safe_torch_load
 
 #: Where Colab readers install the package from (``pip install --no-deps`` of this repository).
@@ -206,11 +206,17 @@ def setup(seed: int = 0, verbose: bool = True) -> Env:
 
 # ----------------------------------------------------------------------------------------- cached heavy work
 def resolve_result_path(path: str | os.PathLike) -> Path:
-    """Relative result paths are taken from the repository root (where ``results/`` lives) when running from a
-    checkout, else from the current folder."""
+    """A relative ``results/...`` path is taken inside :func:`glare_core.paths.results_dir` when there is one;
+    other relative paths (and ``results/...`` where no results folder exists, e.g. in Colab) start at the
+    repository root when running from a checkout, else at the current folder."""
     path = Path(path)
     if path.is_absolute():
         return path
+    if path.parts[:1] == ("results",):
+        try:
+            return results_dir().joinpath(*path.parts[1:])
+        except FileNotFoundError:
+            pass
     base = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
     return base / path
 
@@ -227,8 +233,9 @@ def _to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} as JSON; return dicts, lists, numbers or tensors")
 
 
-def save_result(path: Path, value: Any) -> None:
-    """Save by suffix: ``.json`` (JSON), ``.pt``/``.pth`` (torch.save), ``.npz`` (a dict of arrays)."""
+def save_result(value: Any, path: Path) -> Path:
+    """Save ``value`` at ``path`` by suffix: ``.json`` (JSON), ``.pt``/``.pth`` (torch.save), ``.npz`` (a dict
+    of arrays). Returns ``path``. Value first, like :func:`glare_core.evaluation.save_result`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -239,6 +246,7 @@ def save_result(path: Path, value: Any) -> None:
         np.savez_compressed(path, **value)
     else:
         raise ValueError(f"{path}: unknown result format {suffix!r}; use .json, .pt or .npz")
+    return path
 
 
 def load_result(path: Path) -> Any:
@@ -285,7 +293,7 @@ def load_or_compute(
             print(f"loaded stored result {path}")
         return load_result(target)
     value = fn()
-    save_result(target, value)
+    save_result(value, target)
     if verbose:
         print(f"computed and saved {path}")
     return value

@@ -5,6 +5,10 @@
   (``~/.cache/glare/data``), where the Colab download helpers put what they fetch.
 * Cache (converted weights, cached features): ``$GLARE_CACHE_DIR``, else ``$XDG_CACHE_HOME/glare``, else
   ``~/.cache/glare``.
+* Results (the experiment tables, the benchmark, the committed runs the book reads): :func:`results_dir`,
+  i.e. ``$GLARE_RESULTS_DIR``, else the ``results/`` of the checkout holding this package, else the
+  ``results/`` of the book checkout around the current folder; experiment run folders go to
+  :func:`runs_dir`, ``runs/experiments/`` beside it.
 * Environment switches: ``GLARE_SMOKE=1`` shrinks every run (tests, the book's smoke run);
   ``HF_HUB_OFFLINE=1`` forbids hub downloads.
 """
@@ -30,6 +34,38 @@ def cache_dir() -> Path:
     root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def results_dir() -> Path:
+    """The results folder: tables (``<table>/cells/*.json``), the benchmark files, ``timings.json``.
+
+    In order: ``$GLARE_RESULTS_DIR`` when set (used as it is, even before a table creates it); the
+    ``results/`` of the checkout holding this package (:data:`REPO_ROOT` with ``pyproject.toml`` and
+    ``results/``: an editable install or ``PYTHONPATH``); the ``results/`` of the nearest of the current
+    folder and its parents that holds ``_toc.yml`` and ``results/`` (a book checkout, with the package
+    installed elsewhere, e.g. into site-packages).
+
+    Raises:
+        FileNotFoundError: none of them holds a results folder; the message names ``GLARE_RESULTS_DIR``.
+    """
+    if os.environ.get("GLARE_RESULTS_DIR"):
+        return Path(os.environ["GLARE_RESULTS_DIR"]).expanduser().resolve()
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "results").is_dir():
+        return REPO_ROOT / "results"
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "results").is_dir():
+            return folder / "results"
+    raise FileNotFoundError(
+        f"no results folder found: the package at {REPO_ROOT} is not a checkout, and neither {here} nor a "
+        "parent holds _toc.yml and results/. Fix: run from the book's checkout, or set GLARE_RESULTS_DIR to "
+        "its results/ folder."
+    )
+
+
+def runs_dir() -> Path:
+    """The experiment run folders (git-ignored): ``runs/experiments/`` beside :func:`results_dir`."""
+    return results_dir().parent / "runs" / "experiments"
 
 
 def data_roots() -> list[Path]:

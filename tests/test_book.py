@@ -20,10 +20,21 @@ import pytest
 import torch
 import yaml
 
-from glare_core import book_toc, notebook
+from glare_core import notebook
 from glare_core.backbone import create_backbone
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+book_toc = _load_tool("book_toc")
 BOOK = ROOT / "book"
 TOC_NOTEBOOKS = book_toc.toc_notebooks(ROOT / "_toc.yml")
 
@@ -126,6 +137,14 @@ def test_book_toc_cli_prints_the_notebooks(capsys, monkeypatch):
     assert book_toc.main(["notebooks"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(p.relative_to(ROOT)) for p in TOC_NOTEBOOKS]
+    script = subprocess.run(  # as the Makefile runs it: a script of tools/, not a module of the library
+        [sys.executable, "tools/book_toc.py", "notebooks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert script.stdout.split() == printed
 
 
 def test_book_toc_cli_fails_on_a_missing_page(tmp_path, capsys):
@@ -168,7 +187,7 @@ def test_chapter_opens_with_goals_prerequisites_times_and_colab_badge(chapter):
         assert part in text, f"{path.name}: first cell lacks {part!r}"
     badge = book_toc.colab_badge(path.relative_to(ROOT), ROOT / "_config.yml")
     assert badge in text, (
-        f"{path.name}: no Open in Colab badge {badge} (python -m glare_core.book_toc badges --fix)"
+        f"{path.name}: no Open in Colab badge {badge} (python tools/book_toc.py badges --fix)"
     )
     assert "{cpu_time}" not in text, f"{path.name}: run-time placeholder left in the first cell"
 
@@ -377,6 +396,17 @@ def test_load_or_compute_saves_then_loads(tmp_path, monkeypatch, suffix):
     assert len(calls) == 2
 
 
+def test_the_save_results_take_the_value_then_the_path(tmp_path):
+    """``notebook.save_result`` and ``evaluation.save_result`` read alike: value first, the path returned."""
+    from glare_core import evaluation
+
+    value = {"miou": 0.5}
+    for module in (notebook, evaluation):
+        path = tmp_path / module.__name__ / "r.json"
+        assert module.save_result(value, path) == path
+        assert module.load_result(path) == value
+
+
 def test_load_or_compute_in_smoke_mode_never_saves(tmp_path, monkeypatch):
     monkeypatch.setenv("GLARE_SMOKE", "1")
     path = tmp_path / "result.json"
@@ -436,14 +466,6 @@ def test_figure_helpers():
 
 
 # ==================== student edition
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_strip_solutions_removes_each_block_and_nothing_else():
     se = _load_tool("student_edition")
     text = (

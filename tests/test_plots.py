@@ -1,4 +1,5 @@
-"""Result tables and figures of ``glare_core.plots`` on tiny hand-written result files (no training).
+"""Result tables and figures of ``glare_core.study`` and ``glare_core.plots`` on tiny hand-written result
+files (no training).
 
 The cell JSONs and the benchmark JSON below are written in ``tmp_path`` with numbers chosen here, so every
 printed mean, std, difference and factor is checked against arithmetic done by hand.
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from glare_core import plots
+from glare_core.study import figures, report, stats, store
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,7 +36,7 @@ def write_cell(
     minutes: float = 0.0,
     commit: str = "c0ffee",
 ) -> None:
-    """One finished cell of the ``main`` table (the fields ``glare_core.experiments.read_cell`` requires)."""
+    """One finished cell of the ``main`` table (the fields ``glare_core.study.store.read_cell`` requires)."""
     record = {
         "schema": 1,
         "table": "main",
@@ -75,7 +77,7 @@ def results(tmp_path) -> Path:
 
 
 def test_table_status_lists_done_pending_stale_commits_and_machines(results):
-    status = plots.table_status(results, "main")
+    status = report.table_status(results, "main")
     assert status["total"] == 30
     assert status["done"] == [
         "base__camvid__seed0",
@@ -91,11 +93,11 @@ def test_table_status_lists_done_pending_stale_commits_and_machines(results):
     # The hand-written cells record no probe protocol, so every one of them is stale against the definition.
     assert set(status["stale"]) == set(status["done"]) and status["smoke"] == []
     with pytest.raises(ValueError, match="no cells"):
-        plots.table_status(results, "efficiency")
+        report.table_status(results, "efficiency")
 
 
 def test_results_markdown_shows_every_row_with_n_and_pending(results):
-    text = plots.results_markdown(results, "main")
+    text = report.results_markdown(results, "main")
     lines = text.splitlines()
     assert len(lines) == 2 + len(MAIN_KEYS)
     glare = next(line for line in lines if line.startswith("| GLARE"))
@@ -112,38 +114,53 @@ def test_results_markdown_shows_every_row_with_n_and_pending(results):
 
 
 def test_paired_difference_uses_only_seeds_both_rows_finished(results):
-    d = plots.paired_difference(results, "main", "glare", "base", "camvid")
+    d = stats.paired_difference(results, "main", "glare", "base", "camvid")
     assert d["seeds"] == [0, 1] and d["n"] == 2
     assert d["diffs"] == pytest.approx([0.10, 0.20])
     assert d["mean"] == pytest.approx(0.15) and d["std"] == pytest.approx(0.0707107, rel=1e-5)
     assert d["row_label"] == "GLARE" and d["dataset_label"] == "CAMVID"
-    knn = plots.paired_difference(results, "main", "glare", "base", "camvid", metric="knn_top1")
+    knn = stats.paired_difference(results, "main", "glare", "base", "camvid", metric="knn_top1")
     assert knn["seeds"] == [0] and knn["mean"] == pytest.approx(-0.05) and knn["std"] is None
-    none = plots.paired_difference(results, "main", "glare", "base", "idd_lite367")
+    none = stats.paired_difference(results, "main", "glare", "base", "idd_lite367")
     assert none["n"] == 0 and none["mean"] is None and none["diffs"] == []
 
 
+def test_t_interval_of_the_paired_differences(results):
+    with pytest.raises(ValueError, match="at least two values"):
+        stats.t_interval([0.3, None])  # one seed: no spread to scale the interval by
+    pytest.importorskip("scipy")
+    from scipy.stats import t
+
+    # the quantiles chapter 9 once typed in by hand, now from scipy
+    assert [round(float(t.ppf(0.975, df)), 2) for df in (1, 2, 3, 4)] == [12.71, 4.30, 3.18, 2.78]
+    d = stats.paired_difference(results, "main", "glare", "base", "camvid")  # +0.10, +0.20
+    half = 12.7062047 * 0.0707107 / 2**0.5  # t(0.975, 1 df) * std / sqrt(n)
+    assert stats.t_interval(d["diffs"]) == pytest.approx((0.15 - half, 0.15 + half), rel=1e-5)
+    # 1 df at 50 %: the 75 % quantile of t is 1, so the half-width is std / sqrt(2) = 0.05
+    assert stats.t_interval(d["diffs"], confidence=0.5) == pytest.approx((0.10, 0.20))
+
+
 def test_comparison_lines_say_only_what_the_cells_show(results):
-    lines = plots.comparison_lines(results, "main", pairs=[("glare", "base")])
+    lines = report.comparison_lines(results, "main", pairs=[("glare", "base")])
     assert len(lines) == 2  # one per dataset of the table
     assert lines[0] == (
         "GLARE (G+L+R), adapter - base (no continual pre-training) on CamVid: +15.00 mIoU points "
         "(2 seeds; per seed +10.00, +20.00; std 7.07; positive in 2 of 2)"
     )
     assert lines[1].endswith("not measured yet (no seed with both cells finished)")
-    (knn,) = plots.comparison_lines(results, "main", pairs=[("glare", "base")], metric="knn_top1")[:1]
+    (knn,) = report.comparison_lines(results, "main", pairs=[("glare", "base")], metric="knn_top1")[:1]
     assert "-5.00 k-NN top-1 points (1 seed, seed 0: no seed-to-seed spread" in knn
 
 
 def test_per_class_difference_bars(results):
-    fig = plots.per_class_difference_bars(results, "main", "camvid", "glare", "base")
+    fig = figures.per_class_difference_bars(results, "main", "camvid", "glare", "base")
     heights = [p.get_height() for p in fig.axes[0].patches]
     # road: (-10 + 10) / 2 = 0; pole: (20 + 20) / 2 = 20
     assert heights == pytest.approx([0.0, 20.0])
     assert "seeds 0, 1" in fig.axes[0].get_title()
     plt.close(fig)
     with pytest.raises(ValueError, match="no seed with both"):
-        plots.per_class_difference_bars(results, "main", "idd_lite367", "glare", "base")
+        figures.per_class_difference_bars(results, "main", "idd_lite367", "glare", "base")
 
 
 def test_qualitative_figure_titles_report_pixel_accuracy():
@@ -204,7 +221,7 @@ def bench_json(tmp_path: Path) -> dict:
 
 def test_speedup_decomposition_factors_the_measured_speedup(tmp_path):
     bench = bench_json(tmp_path)
-    d = plots.speedup_decomposition(plots.read_bench(tmp_path))
+    d = stats.speedup_decomposition(store.read_bench(tmp_path))
     assert d["speedup"] == pytest.approx(2.5)
     assert d["peak_ratio"] == pytest.approx(2.0) and d["flops_ratio"] == pytest.approx(0.8)
     # own-precision efficiency: GLARE 50e9 / 100e9 = 0.5, naive 16e9 / 50e9 = 0.32
@@ -213,19 +230,19 @@ def test_speedup_decomposition_factors_the_measured_speedup(tmp_path):
     assert d["required_efficiency_fast"] == pytest.approx(0.5)  # the target 2.5 is met exactly
     assert d["bound_at_full_peak"] == pytest.approx(5.0)
     assert d["at_equal_efficiency"] == pytest.approx(1.6)  # 2.0 x 0.8: 2.5 needs e_fast > e_slow
-    assert plots.speedup_decomposition(bench, target=5.0)["required_efficiency_fast"] == pytest.approx(1.0)
+    assert stats.speedup_decomposition(bench, target=5.0)["required_efficiency_fast"] == pytest.approx(1.0)
 
 
 def test_efficiency_table_and_bars_read_the_json(tmp_path):
     bench_json(tmp_path)
-    text = plots.efficiency_markdown(tmp_path)
+    text = report.efficiency_markdown(tmp_path)
     assert "| glare | bf16 | 2.00 | 2.00 | 1000 | 50 | 50 % |" in text
     assert "| speedup_vs_naive_fp32 | 2.500 | >= 2.5 | yes |" in text
-    fig = plots.efficiency_bars(tmp_path)
+    fig = figures.efficiency_bars(tmp_path)
     assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx([2.0, 4 / 1.8, 0.8])
     plt.close(fig)
     with pytest.raises(FileNotFoundError, match="glare experiment efficiency"):
-        plots.read_bench(tmp_path / "nowhere")
+        store.read_bench(tmp_path / "nowhere")
 
 
 def test_machines_table_has_one_row_per_benchmark_file(tmp_path):
@@ -249,11 +266,11 @@ def test_machines_table_has_one_row_per_benchmark_file(tmp_path):
     }
     (tmp_path / "efficiency" / "bench_older.json").write_text(json.dumps(bench))
     (tmp_path / "efficiency" / "bench.json").write_text(json.dumps(new))
-    assert plots.bench_files(tmp_path) == ["bench.json", "bench_older.json"]
-    assert plots.read_bench(tmp_path, "bench_older.json")["machine"]["cpu"] == "test cpu"
-    assert not plots.bench_is_earlier(new) and plots.bench_is_earlier(bench)
-    assert plots.bf16_variant(new) == "glare_bf16" and plots.bf16_variant(bench) == "glare"
-    lines = plots.machines_markdown(tmp_path).splitlines()
+    assert store.bench_files(tmp_path) == ["bench.json", "bench_older.json"]
+    assert store.read_bench(tmp_path, "bench_older.json")["machine"]["cpu"] == "test cpu"
+    assert not store.bench_is_earlier(new) and store.bench_is_earlier(bench)
+    assert store.bf16_variant(new) == "glare_bf16" and store.bf16_variant(bench) == "glare"
+    lines = report.machines_markdown(tmp_path).splitlines()
     assert len(lines) == 4  # header, rule, two files, the current one first
     # auto = fp32: 0.80 img/s, 10x forced bf16's 0.08 and 1.00x the fp32 step; 32 % of the fp32 peak
     assert lines[2] == (
@@ -265,6 +282,6 @@ def test_machines_table_has_one_row_per_benchmark_file(tmp_path):
         "| `bench_older.json` | earlier (re-implemented step) | test cpu | ? | ? | 100 / 50 (?) "
         "| bf16 (fixed) | 2.00 / 2.00 / 0.80 | 1.00 | 2.50 | 50 % |"
     )
-    text = plots.efficiency_markdown(tmp_path)
+    text = report.efficiency_markdown(tmp_path)
     assert "(torch CPU capability AVX512 limited to AVX2), 2 cores, torch threads: 1" in text
     assert "`auto` picks fp32 here: bf16 matmul 5 vs fp32 50 GFLOP/s (0.10x), < 2x." in text

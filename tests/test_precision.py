@@ -165,7 +165,7 @@ def test_the_benchmark_times_the_training_step(monkeypatch):
 
 
 def test_stale_cells_name_a_bf16_teacher():
-    from glare_core.experiments import bf16_teacher
+    from glare_core.study.store import bf16_teacher
 
     old = {"config": {"train": {"tuning": "adapter", "precision": "bf16"}}, "pretrain": {"summary": {}}}
     assert bf16_teacher(old)
@@ -177,13 +177,13 @@ def test_stale_cells_name_a_bf16_teacher():
 
 
 def test_the_committed_main_table_marks_its_bf16_teacher_cells():
-    from glare_core import experiments as ex
+    from glare_core.study import store
 
     results = Path(__file__).resolve().parent.parent / "results"
     if not (results / "main" / "cells").is_dir():
         pytest.skip("no committed results beside this checkout")
-    cells = ex.load_cells(results, "main")
-    marked = {(c["row"], c["dataset"], c["seed"]) for c in cells if ex.bf16_teacher(c)}
+    cells = store.load_cells(results, "main")
+    marked = {(c["row"], c["dataset"], c["seed"]) for c in cells if store.bf16_teacher(c)}
     rows = {r for r, _, _ in marked}
     assert rows == {"dino_adapter", "dino_full", "glare"}  # base has no teacher; LoRA was spared
 

@@ -362,7 +362,8 @@ def test_a_run_resumes_only_on_its_own_bank(tmp_path: Path, monkeypatch):
 
 
 def test_run_folders_recorded_before_the_trunk_still_match(tmp_path: Path):
-    from glare_core.experiments import TRAIN_ADDED, ResultFileError, check_run_config
+    from glare_core.study.runner import check_run_config
+    from glare_core.study.store import TRAIN_ADDED, ResultFileError
 
     cfg = preset("smoke")
     old = {k: v for k, v in cfg.to_dict().items() if k not in TRAIN_ADDED}

@@ -51,7 +51,7 @@ MATHJAX_VERSION = "3.2.2"
 #: The MathJax URL prefix in the built pages (Sphinx's default ``mathjax_path``) and its local stand-in.
 MATHJAX_CDN = re.compile(r"https://cdn\.jsdelivr\.net/npm/mathjax@3[^/]*/es5/")
 LOCAL_MATHJAX = "/__mathjax__/"
-#: The chapters' Open-in-Colab badge image (``glare_core.book_toc.COLAB_BADGE_IMAGE``) and its local copy.
+#: The chapters' Open-in-Colab badge image (``tools/book_toc.py``'s ``COLAB_BADGE_IMAGE``) and its local copy.
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 LOCAL_COLAB_BADGE = "/__colab_badge__.svg"
 COLAB_BADGE_FILE = Path(__file__).resolve().parent.parent / "book" / "_static" / "colab-badge.svg"

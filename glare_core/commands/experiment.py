@@ -1,6 +1,6 @@
 """Run an experiment table, resumably, or list / report the results.
 
-A table is rows x datasets x seeds (glare_core.experiments): each cell pre-trains one row on one dataset's
+A table is rows x datasets x seeds (glare_core.study.tables): each cell pre-trains one row on one dataset's
 unlabelled train images (run folder runs/experiments/<table>/<cell>/, git-ignored) and evaluates it with the
 table's linear probe (and k-NN forgetting for the main table). Each finished cell is one JSON file in
 results/<table>/cells/; a cell whose JSON exists is skipped, an interrupted pre-training resumes from its
@@ -48,9 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="smoke settings (random test_vit, synthetic data) into a temporary results folder",
     )
-    parser.add_argument("--results", type=Path, default=None, help="results folder (default: results/)")
     parser.add_argument(
-        "--runs", type=Path, default=None, help="run folders (default: runs/experiments/, git-ignored)"
+        "--results",
+        type=Path,
+        default=None,
+        help="results folder (default: $GLARE_RESULTS_DIR, else the checkout's results/)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="run folders (default: runs/experiments/ beside the results folder, git-ignored)",
     )
     parser.add_argument(
         "--only", action="append", default=None, help="run only cells whose name contains this (repeatable)"
@@ -75,48 +83,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glare_core import experiments as ex
+    from glare_core import paths
+    from glare_core.study import figures, report, runner, tables, timing
 
     smoke = args.smoke
-    results = args.results
-    if results is None:
-        results = Path(tempfile.mkdtemp(prefix="glare-experiment-smoke-")) if smoke else ex.RESULTS_DIR
-    # Smoke runs never share run folders with real ones.
-    runs = args.runs or (results / "runs" if smoke else ex.RUNS_DIR)
     try:
+        results = args.results
+        if results is None:
+            results = (
+                Path(tempfile.mkdtemp(prefix="glare-experiment-smoke-")) if smoke else paths.results_dir()
+            )
         if args.table == "list":
-            print("\n".join(ex.status_lines(results)))
+            print("\n".join(report.status_lines(results)))
             return 0
         if args.table == "report":
-            written = ex.report(results, figures=not args.no_figures)
+            written = report.write_report(results)
+            if not args.no_figures:
+                written.update(figures.write_figures(results))
             for path in written.values():
                 print(f"wrote {path}")
             if not written:
                 print(f"no results under {results}")
             return 0
-        table = ex.get_table(args.table)
+        # Smoke runs never share run folders with real ones.
+        runs = args.runs or (results / "runs" if smoke else paths.runs_dir())
+        table = tables.get_table(args.table)
         if smoke:
-            table = ex.smoke_table(table)
+            table = tables.smoke_table(table)
         if args.threads:
-            table = ex.with_threads(table, args.threads)
+            table = tables.with_threads(table, args.threads)
         if args.precision != "auto":
-            table = ex.with_precision(table, args.precision)
+            table = tables.with_precision(table, args.precision)
         if args.dry_run:
-            print(ex.plan(table, results, smoke, runs_dir=runs))
+            print(timing.plan(table, results, smoke, runs_dir=runs))
             return 0
         if args.measure:
             if table.kind == "segmentation":
                 steps = args.measure_steps or 20
-                times = ex.measure_segmentation_times(table, results, steps=steps, smoke=smoke)
+                times = timing.measure_segmentation_times(table, results, steps=steps, smoke=smoke)
             else:
-                times = ex.measure_step_times(table, results, steps=args.measure_steps or 4, smoke=smoke)
+                times = timing.measure_step_times(table, results, steps=args.measure_steps or 4, smoke=smoke)
             for key, sec in times.items():
                 print(f"{key}: {sec:.2f} s/step")
             return 0
-        records = ex.run_table(table, results, runs, smoke=smoke, only=args.only, figures=not args.no_figures)
-    except ex.NotYetAvailableError as err:
-        print(f"glare experiment: {err}", file=sys.stderr)
-        return 3
+        records = runner.run_table(
+            table, results, runs, smoke=smoke, only=args.only, figures=not args.no_figures
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"glare experiment: {err}", file=sys.stderr)
         return 2

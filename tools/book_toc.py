@@ -1,13 +1,14 @@
 """The book's table of contents as data: which pages ``_toc.yml`` lists, which are notebooks, and their links.
 
-``python -m glare_core.book_toc notebooks`` prints the notebooks (one path a line, relative to the current
+``python tools/book_toc.py notebooks`` prints the notebooks (one path a line, relative to the current
 folder, normally the repository root); the Makefile runs nbval on exactly these, so a chapter in the toc is
 never silently skipped.
-``python -m glare_core.book_toc files`` prints every page.
-``python -m glare_core.book_toc badges`` checks that every notebook opens with the Open-in-Colab badge that
+``python tools/book_toc.py files`` prints every page.
+``python tools/book_toc.py badges`` checks that every notebook opens with the Open-in-Colab badge that
 ``_config.yml`` implies (``repository.url``, ``repository.branch``, ``repository.path_to_book`` and
 ``launch_buttons.colab_url``, the settings the built book's launch button reads); ``--fix`` rewrites them.
-The repository URL is therefore written once, in ``_config.yml``. Not part of the GLARE method.
+The repository URL is therefore written once, in ``_config.yml``. Build tooling of the book, not part of the
+library (``tests/test_book.py`` loads it from this file).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .paths import REPO_ROOT
+#: The checkout this file belongs to (``tools/..``): where ``_toc.yml`` and ``_config.yml`` live.
+ROOT = Path(__file__).resolve().parent.parent
+
 
 #: The suffixes a toc entry without one may have, in the order Jupyter Book tries them.
 PAGE_SUFFIXES = (".ipynb", ".md", ".rst")
@@ -55,7 +58,7 @@ def toc_entries(toc_path: str | Path | None = None) -> list[str]:
     """The raw entries of ``_toc.yml`` (root first), e.g. ``["book/index", "book/ssl_vits", ...]``."""
     import yaml
 
-    toc_path = Path(toc_path) if toc_path is not None else REPO_ROOT / "_toc.yml"
+    toc_path = Path(toc_path) if toc_path is not None else ROOT / "_toc.yml"
     if not toc_path.is_file():
         raise FileNotFoundError(f"{toc_path}: no table of contents; run from the repository root")
     toc = yaml.safe_load(toc_path.read_text())
@@ -66,7 +69,7 @@ def toc_entries(toc_path: str | Path | None = None) -> list[str]:
 
 def toc_files(toc_path: str | Path | None = None) -> list[Path]:
     """Every page of the toc as a path (absolute, resolved against the toc's folder), in reading order."""
-    toc_path = Path(toc_path) if toc_path is not None else REPO_ROOT / "_toc.yml"
+    toc_path = Path(toc_path) if toc_path is not None else ROOT / "_toc.yml"
     root = toc_path.resolve().parent
     return [resolve_page(root, entry) for entry in toc_entries(toc_path)]
 
@@ -86,7 +89,7 @@ def book_config(config_path: str | Path | None = None) -> dict:
     """``_config.yml`` as a dict (default: the repository's)."""
     import yaml
 
-    config_path = Path(config_path) if config_path is not None else REPO_ROOT / "_config.yml"
+    config_path = Path(config_path) if config_path is not None else ROOT / "_config.yml"
     return yaml.safe_load(config_path.read_text())
 
 
@@ -124,7 +127,7 @@ def check_badges(toc_path: str | Path | None = None, fix: bool = False) -> list[
     """
     import nbformat
 
-    toc_path = Path(toc_path) if toc_path is not None else REPO_ROOT / "_toc.yml"
+    toc_path = Path(toc_path) if toc_path is not None else ROOT / "_toc.yml"
     root = toc_path.resolve().parent
     config_path = root / "_config.yml"
     problems = []
@@ -146,7 +149,7 @@ def check_badges(toc_path: str | Path | None = None, fix: bool = False) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     doc = (__doc__ or "").splitlines()[0]
-    parser = argparse.ArgumentParser(prog="python -m glare_core.book_toc", description=doc)
+    parser = argparse.ArgumentParser(prog="python tools/book_toc.py", description=doc)
     parser.add_argument(
         "what",
         choices=["notebooks", "files", "badges"],
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fix", action="store_true", help="with 'badges': rewrite the badges from _config.yml"
     )
     args = parser.parse_args(argv)
-    toc_path = Path(args.toc) if args.toc else REPO_ROOT / "_toc.yml"
+    toc_path = Path(args.toc) if args.toc else ROOT / "_toc.yml"
     if args.what == "badges":
         problems = check_badges(toc_path, fix=args.fix)
         for problem in problems:
