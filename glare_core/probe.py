@@ -10,9 +10,10 @@ and iBOT's linear segmentation evaluations). A **light decoder** (conv3x3-BN-ReL
 option for stronger absolute numbers; it is still trained on the same cached features.
 
 Training runs on the cached features only (see :mod:`glare_core.features`): a fixed number of steps, AdamW (or
-SGD with momentum), cosine learning-rate decay after a short linear warm-up, a fixed seed for the batch order
-and the head's initialisation, and optional horizontal flips of feature map and label together. Prediction
-upsamples the logits to each label's own resolution, so scores are computed at full label resolution.
+SGD with momentum), cosine learning-rate decay after a short linear warm-up
+(:func:`glare_core.schedules.cosine_lr`), a fixed seed for the batch order and the head's initialisation, and
+optional horizontal flips of feature map and label together. Prediction upsamples the logits to each label's
+own resolution, so scores are computed at full label resolution.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .errors import NonFiniteError
 from .metrics import IGNORE_INDEX, ConfusionMatrix
+from .schedules import cosine_lr
 
 HEADS = ("linear", "decoder")
 
@@ -88,14 +90,6 @@ def build_head(kind: str, in_dim: int, num_classes: int, hidden: int = 256) -> n
     if kind == "decoder":
         return DecoderProbe(in_dim, num_classes, hidden)
     raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
-
-
-def cosine_lr(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay from 1 to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator):

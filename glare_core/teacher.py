@@ -8,7 +8,7 @@ goes through both; everything is frozen except the base encoder's adapter. Desig
   copies); only the tuning tensors (UniAdapter by default; LoRA factors; every weight for full fine-tuning)
   are duplicated, and the teacher's copy is the student's exponential moving average,
   ``theta'_A <- m theta'_A + (1 - m) theta_A``, with m from 0.996 to 1 on a cosine schedule
-  (:func:`momentum_schedule`);
+  (:func:`glare_core.schedules.momentum_schedule`);
 * a DINO head from the base checkpoint is loaded into both and kept frozen (one shared module); a base without
   a head gets a new head that trains in the student, with an EMA copy in the teacher and a head-only warm-up
   of ``head_warmup_steps`` steps (the training loop gives the ``"adapter"`` parameter group lr 0 meanwhile);
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -81,14 +80,6 @@ class ViewOutput(BackboneOutput):
     """A :class:`~glare_core.backbone.BackboneOutput` plus the head's [CLS] logits ``cls_logits`` (B, K)."""
 
     cls_logits: torch.Tensor | None = None
-
-
-def momentum_schedule(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
-    """DINO's cosine EMA momentum: ``final - (final - base) * (cos(pi * step / total) + 1) / 2``."""
-    if total_steps <= 0:
-        return base
-    t = min(max(step / total_steps, 0.0), 1.0)
-    return final - (final - base) * (math.cos(math.pi * t) + 1) / 2
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -49,6 +49,7 @@ from .errors import NonFiniteError
 from .objective import GlareObjective
 from .paths import smoke_mode
 from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
+from .schedules import build_schedules
 from .teacher import StudentTeacher
 from .trunk import TrunkBatch, check_resumed_bank, check_trunk, prepare_bank, trunk_batches
 from .tuning import count_parameters
@@ -61,36 +62,6 @@ METRICS = "metrics.jsonl"
 class NonFiniteLossError(NonFiniteError, RuntimeError):
     """The loss (or the weights about to be checkpointed) became NaN or infinite; the last good checkpoint is
     left untouched."""
-
-
-# ---------------------------------------------------------------------------- schedules
-def cosine_schedule(
-    start: float, end: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
-) -> np.ndarray:
-    """Per-step values: linear warm-up from ``warmup_start`` to ``start``, then a cosine down to ``end``.
-
-    DINO's ``cosine_scheduler`` (``utils.py``), per step instead of per epoch x iteration.
-
-    Returns:
-        (total_steps,) float64 array; entry t is the value used at step t.
-    """
-    warmup_steps = min(max(0, int(warmup_steps)), total_steps)
-    warm = np.linspace(warmup_start, start, warmup_steps, endpoint=False) if warmup_steps else np.array([])
-    t = np.arange(total_steps - warmup_steps)
-    span = max(1, len(t) - 1)
-    cos = end + 0.5 * (start - end) * (1 + np.cos(np.pi * t / span))
-    return np.concatenate([warm, cos]).astype(np.float64)
-
-
-def build_schedules(cfg: TrainConfig, total_steps: int) -> dict[str, np.ndarray]:
-    """The learning-rate, weight-decay and EMA-momentum schedules of a run, one value per step."""
-    return {
-        "lr": cosine_schedule(
-            cfg.peak_lr(), cfg.min_lr, total_steps, round(cfg.warmup_fraction * total_steps)
-        ),
-        "wd": cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps),
-        "momentum": cosine_schedule(cfg.momentum_teacher, cfg.momentum_teacher_end, total_steps),
-    }
 
 
 # ---------------------------------------------------------------------------- data feed

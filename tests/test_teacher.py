@@ -5,7 +5,7 @@ import torch
 
 from glare_core.backbone import create_backbone
 from glare_core.heads import DINOHead, HeadConfig
-from glare_core.teacher import StudentTeacher, StudentTeacherConfig, apply_adapter, momentum_schedule
+from glare_core.teacher import StudentTeacher, StudentTeacherConfig, apply_adapter
 
 SMALL_HEAD = HeadConfig(out_dim=64, hidden_dim=48, bottleneck_dim=16)
 
@@ -108,12 +108,6 @@ def test_student_equals_teacher_at_start_and_export_roundtrip(tmp_path):
     assert torch.allclose(other(x)[0].patches, m(x)[0].patches, atol=1e-5)
     with pytest.raises(ValueError, match="tuning"):
         make("lora").load_adapter(path)
-
-
-def test_momentum_schedule():
-    assert momentum_schedule(0, 100) == pytest.approx(0.996)
-    assert momentum_schedule(100, 100) == pytest.approx(1.0)
-    assert 0.996 < momentum_schedule(50, 100) < 1.0
 
 
 def test_standardize_input_folds_an_affine_map_into_the_first_layer():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from glare_core.train import (
     NonFiniteLossError,
     ResumableBatchSampler,
     atomic_save,
-    cosine_schedule,
     pretrain,
 )
 
@@ -101,20 +99,7 @@ def test_from_dict_rejects_unknown_keys():
         TrainConfig.from_dict(data)
 
 
-# ---------------------------------------------------------------------------- schedules, sampler, checkpoints
-def test_cosine_schedule_against_formula():
-    total, warm = 20, 5
-    s = cosine_schedule(1.0, 0.1, total, warmup_steps=warm)
-    assert s.shape == (total,)
-    assert s[0] == 0.0 and s[warm - 1] == pytest.approx(0.8)
-    for t in range(warm, total):
-        k = (t - warm) / (total - warm - 1)
-        assert s[t] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * k)))
-    assert s[-1] == pytest.approx(0.1)
-    m = cosine_schedule(0.996, 1.0, 10)
-    assert m[0] == pytest.approx(0.996) and m[-1] == pytest.approx(1.0) and np.all(np.diff(m) >= 0)
-
-
+# ---------------------------------------------------------------------------- sampler, checkpoints
 def test_sampler_is_positioned_by_step_and_shards():
     full = ResumableBatchSampler(10, 4, seed=3)
     steps = [b for b, _ in zip(full, range(6))]

@@ -14,7 +14,7 @@ Design (``glare-method.md`` section 2, "(G)"), exactly DINO's ``DINOLoss`` (``ma
 where the pairs :math:`\\mathcal{P}` are every teacher global view i with every student view j != i (global
 and local crops), the centre c is an EMA (momentum 0.9) of the teacher's batch-mean logits, tau_s = 0.1 and
 tau_t warms up linearly from 0.04 to 0.07 over ``warmup_teacher_temp_steps`` steps (DINO's ``np.linspace``
-schedule), then stays.
+schedule), then stays (:func:`glare_core.schedules.teacher_temperature`).
 
 :class:`Centering` (the centre buffer and its all-reduced EMA update) is shared with the local and regional
 terms, which keep their own centres (iBOT keeps a separate patch centre).
@@ -29,14 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-
-def teacher_temperature(step: int, warmup_temp: float, temp: float, warmup_steps: int) -> float:
-    """DINO's teacher temperature: ``linspace(warmup_temp, temp, warmup_steps)[step]``, then ``temp``."""
-    if step >= warmup_steps:
-        return float(temp)
-    if warmup_steps <= 1:
-        return float(warmup_temp)
-    return float(warmup_temp + (temp - warmup_temp) * step / (warmup_steps - 1))
+from ..schedules import teacher_temperature
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float):
