@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import torch
 
 from .backbone import Backbone
 from .paths import REPO_ROOT, data_roots, results_dir, smoke_mode
+from .rng import seed_everything
 from .runs import safe_torch_load
 
 #: Where Colab readers install the package from (``pip install --no-deps`` of this repository).
@@ -111,15 +111,6 @@ def install_in_colab(quiet: bool = True) -> list[str]:
 def pick_device() -> torch.device:
     """CUDA if available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int = 0) -> None:
-    """Seed Python's, NumPy's and PyTorch's generators (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def set_plot_defaults() -> None:

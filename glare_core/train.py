@@ -4,7 +4,8 @@ Read it in three pieces: :func:`build_run` (base -> student/teacher -> objective
 schedules), :func:`train_step` (schedules -> loss -> NaN guard -> backward -> clip -> AdamW -> EMA), and
 :func:`pretrain` (data -> :func:`build_run` -> resume -> loop of :func:`train_step` with logs and checkpoints
 -> export). ``glare bench`` times the same :func:`train_step`. The helpers above them are the pieces a reader
-may want to look up: per-step schedules, the resumable data feed, atomic checkpoints and random-number states.
+may want to look up: the resumable data feed and atomic checkpoints; the per-step schedules are in
+:mod:`glare_core.schedules`, seeding and random-number states in :mod:`glare_core.rng`.
 
 Known (GLARE abstract, Figure 1): a momentum (EMA) teacher, only the student's UniAdapters train.
 Design (``glare-method.md`` section 2, "Optimisation", after DINO's ``main_dino.py``): AdamW on the trainable
@@ -27,7 +28,6 @@ import functools
 import json
 import math
 import os
-import random
 import sys
 import tempfile
 import time
@@ -49,6 +49,7 @@ from .errors import NonFiniteError
 from .objective import GlareObjective
 from .paths import smoke_mode
 from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
+from .rng import rng_state, seed_everything, set_rng_state
 from .schedules import build_schedules
 from .teacher import StudentTeacher
 from .trunk import TrunkBatch, check_resumed_bank, check_trunk, prepare_bank, trunk_batches
@@ -185,56 +186,6 @@ def build_feed(cfg: TrainConfig, info: Any, start_step: int) -> tuple[DataLoader
 
 
 # ---------------------------------------------------------------------------- state, checkpoints, logs
-def rng_state() -> dict[str, Any]:
-    """Random-number states of torch (CPU and CUDA), numpy and Python, as tensors and plain data.
-
-    Nothing in it needs pickle (numpy's Mersenne-Twister keys and Python's become int64 tensors), so a
-    checkpoint that holds it loads with ``torch.load(weights_only=True)``.
-    """
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),  # (624,) MT19937 words
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "python": {
-            "version": int(version),
-            "internal": torch.tensor(internal, dtype=torch.int64),  # (625,) MT19937 words and position
-            "gauss_next": gauss_next,
-        },
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned (also the older layout with numpy's own state tuple)."""
-    torch.set_rng_state(state["torch"])
-    np_state, py_state = state["numpy"], state["python"]
-    if isinstance(np_state, dict):
-        keys = np_state["keys"].numpy().astype(np.uint32)
-        np_state = ("MT19937", keys, np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
-    np.random.set_state(np_state)
-    if isinstance(py_state, dict):
-        internal = tuple(int(x) for x in py_state["internal"].tolist())
-        py_state = (py_state["version"], internal, py_state["gauss_next"])
-    random.setstate(py_state)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and Python."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: the old file stays intact
     until the new one is complete, and a failed write leaves no partial file behind."""
