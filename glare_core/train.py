@@ -2,10 +2,14 @@
 
 Read it in three pieces: :func:`build_run` (base -> student/teacher -> objective -> optimiser and
 schedules), :func:`train_step` (schedules -> loss -> NaN guard -> backward -> clip -> AdamW -> EMA), and
-:func:`pretrain` (data -> :func:`build_run` -> resume -> loop of :func:`train_step` with logs and checkpoints
--> export). ``glare bench`` times the same :func:`train_step`. The helpers above them are the pieces a reader
-may want to look up: the resumable data feed and atomic checkpoints; the per-step schedules are in
-:mod:`glare_core.schedules`, seeding and random-number states in :mod:`glare_core.rng`.
+:func:`pretrain`, whose numbered steps read top to bottom: the run folder, the data, the model
+(:func:`build_run`), resume, the loop of :func:`train_step` with its logs and checkpoints (its first
+``head_warmup_steps`` steps train the heads only), export. ``glare bench`` times the same :func:`train_step`.
+The set-up helpers above them (compiling, the frozen base's storage dtype, the attention kernel, parameter
+groups, gradient clipping) are the pieces a reader may want to look up. Next to this module:
+:mod:`glare_core.feed` (the data feed), :mod:`glare_core.schedules` (lr, weight decay, EMA momentum, tau_t),
+:mod:`glare_core.checkpoint` (what a checkpoint holds), :mod:`glare_core.run_report` (``metrics.jsonl``, the
+console, ``summary.json``) and :mod:`glare_core.rng` (seeding).
 
 Known (GLARE abstract, Figure 1): a momentum (EMA) teacher, only the student's UniAdapters train.
 Design (``glare-method.md`` section 2, "Optimisation", after DINO's ``main_dino.py``): AdamW on the trainable
@@ -17,19 +21,14 @@ adapters' learning rate at 0. Mixed precision is chosen per machine (``precision
 Resuming is exact: a run stopped after step k and resumed gives, on CPU, bitwise the same weights as an
 uninterrupted run, because the checkpoint holds every piece of state the next step reads: trainable and EMA
 tensors, the objective's centres, the optimiser, the step (which fixes the schedules and the data order) and
-the random-number states of torch, numpy and Python (per rank).
+the random-number states of torch, numpy and Python (per rank); see :mod:`glare_core.checkpoint`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import json
 import math
-import os
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,22 +37,28 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
 from . import runs, telemetry
+from .checkpoint import restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .errors import NonFiniteError
+from .feed import ImageFeed, ResumableBatchSampler, build_feed, head_init_images
 from .objective import GlareObjective
-from .paths import smoke_mode
 from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
-from .rng import rng_state, seed_everything, set_rng_state
+from .rng import seed_everything
+from .run_report import (
+    append_jsonl,
+    data_root,
+    progress_bar,
+    show_progress,
+    summarize,
+    truncate_metrics,
+)
 from .schedules import build_schedules
 from .teacher import StudentTeacher
 from .trunk import TrunkBatch, check_resumed_bank, check_trunk, prepare_bank, trunk_batches
-from .tuning import count_parameters
 from .weights import load_base_with_head
 
 CHECKPOINT = "checkpoint.pt"
@@ -65,173 +70,7 @@ class NonFiniteLossError(NonFiniteError, RuntimeError):
     left untouched."""
 
 
-# ---------------------------------------------------------------------------- data feed
-class ImageFeed(Dataset):
-    """Unlabelled images at a fixed working size, so batches stack.
-
-    Each image's short side is resized to ``size``, then a ``size`` x ``size`` crop is taken at an offset
-    drawn from ``(seed, epoch, index)``: random per epoch, yet reproducible without any generator state, so
-    resuming and worker processes need nothing extra. Items are indexed by ``(epoch, index)`` pairs (from
-    :class:`ResumableBatchSampler`) and are uint8 tensors (3, size, size).
-    """
-
-    def __init__(self, dataset: Dataset, size: int, seed: int = 0):
-        self.dataset, self.size, self.seed = dataset, int(size), int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
-        epoch, index = key
-        image = self.dataset[index]["image"]  # uint8 (3, H, W)
-        H, W = image.shape[-2:]
-        scale = self.size / min(H, W)
-        h, w = max(self.size, round(H * scale)), max(self.size, round(W * scale))
-        if (h, w) != (H, W):
-            image = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", antialias=True)[0]
-            image = image.round().clamp(0, 255).to(torch.uint8)
-        rng = np.random.default_rng([self.seed, epoch, index])
-        top, left = int(rng.integers(0, h - self.size + 1)), int(rng.integers(0, w - self.size + 1))
-        return image[:, top : top + self.size, left : left + self.size].contiguous()
-
-
-def head_init_images(feed: ImageFeed, size: int, device: torch.device, count: int = 32) -> torch.Tensor:
-    """``count`` evenly spaced target images at the view size, (count, 3, size, size) in [0, 1], for the
-    ``"data"`` head init (:meth:`glare_core.teacher.StudentTeacher.init_heads_from_data`). Deterministic and
-    drawn without touching any random-number generator, so every rank gets the same images."""
-    idx = torch.linspace(0, len(feed) - 1, min(count, len(feed))).round().long().tolist()
-    images = torch.stack([feed[(0, i)] for i in idx]).float() / 255
-    images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return images.clamp(0, 1).to(device)
-
-
-class ResumableBatchSampler:
-    """An endless sampler of this rank's share of each global batch, positioned by the step number.
-
-    Step t reads global batch ``t % batches_per_epoch`` of epoch ``t // batches_per_epoch``, where each epoch
-    is a permutation of the dataset drawn from ``(seed, epoch)`` (the last incomplete batch is dropped). The
-    whole
-    state is therefore the step: resuming at step k starts the sampler at k. With several processes each rank
-    yields its contiguous slice of the global batch (:func:`glare_core.distributed.shard_indices`).
-
-    Yields:
-        lists of ``(epoch, index)`` pairs, B / world_size per step.
-    """
-
-    def __init__(
-        self, num_items: int, batch_size: int, seed: int = 0, start_step: int = 0, info: Any = None
-    ) -> None:
-        if num_items < batch_size:
-            raise ValueError(
-                f"the dataset has {num_items} images, fewer than one batch of {batch_size}; "
-                "lower --set batch_size or raise --set limit"
-            )
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.step = start_step
-        self.info = info or dist_utils.DistInfo()
-        self.batches_per_epoch = num_items // batch_size
-
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "step": self.step,
-            "seed": self.seed,
-            "num_items": self.num_items,
-            "batch_size": self.batch_size,
-        }
-
-    def indices_for_step(self, step: int) -> list[tuple[int, int]]:
-        """This rank's ``(epoch, index)`` pairs for a step."""
-        epoch, b = divmod(step, self.batches_per_epoch)
-        perm = torch.randperm(
-            self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        )
-        batch = [(epoch, int(i)) for i in perm[b * self.batch_size : (b + 1) * self.batch_size]]
-        return dist_utils.shard_indices(batch, self.info)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        while True:
-            yield self.indices_for_step(self.step)
-            self.step += 1
-
-
-def build_feed(cfg: TrainConfig, info: Any, start_step: int) -> tuple[DataLoader, int]:
-    """The DataLoader over the target-domain images (labels never read) and the number of images."""
-    from .data import build_dataset
-
-    kwargs: dict[str, Any] = {}
-    if cfg.dataset == "synthetic":
-        kwargs = {"num_images": cfg.limit or 32, "size": (cfg.load_size, round(cfg.load_size * 4 / 3))}
-    dataset = build_dataset(
-        cfg.dataset,
-        split=cfg.split,
-        root=cfg.root,
-        labels=False,
-        limit=cfg.limit,
-        seed=cfg.seed if cfg.limit_seed is None else cfg.limit_seed,
-        **kwargs,
-    )
-    feed = ImageFeed(dataset, cfg.load_size, seed=cfg.seed)
-    sampler = ResumableBatchSampler(
-        len(feed), cfg.batch_size, seed=cfg.seed, start_step=start_step, info=info
-    )
-    loader = DataLoader(
-        feed,
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        pin_memory=info.device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
-    )
-    return loader, len(feed)
-
-
-# ---------------------------------------------------------------------------- state, checkpoints, logs
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: the old file stays intact
-    until the new one is complete, and a failed write leaves no partial file behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def run_state_dict(model: nn.Module, frozen: set[int]) -> dict[str, torch.Tensor]:
-    """Every tensor of the student/teacher model except the frozen base weights (found by storage pointer):
-    trainable weights, the teacher's EMA copies, heads, buffers."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.data_ptr() not in frozen}
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines after ``last_step`` (written after the checkpoint a run resumes from)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-def _scalar(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.detach().float().item() if v.numel() == 1 else None
-    return float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v
-
-
+# ---------------------------------------------------------------------------- set-up helpers
 def maybe_compile(model: nn.Module, enabled: bool) -> None:
     """``torch.compile`` every transformer block of the student and the teacher, in place.
 
@@ -500,12 +339,21 @@ def train_step(run: Run, images: torch.Tensor | TrunkBatch, step: int) -> dict[s
     }
 
 
+def _scalar(v: Any) -> Any:
+    """A loss term as a Python float (a one-element tensor or a number); other values as they are."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().float().item() if v.numel() == 1 else None
+    return float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v
+
+
 # ---------------------------------------------------------------------------- the loop
 @with_cpu_threads
 def pretrain(
     cfg: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Continual self-supervised pre-training of the student's UniAdapters; writes a run folder.
+
+    Each numbered section below is one named step (the sections are printed in chapter 8).
 
     Args:
         cfg: the configuration (a preset with ``--set`` overrides).
@@ -530,120 +378,161 @@ def pretrain(
     """
     cfg.validate()
     out = Path(out_dir)
-
     info = dist_utils.init_distributed(cfg.device)
-    device = info.device
     # 0. The run folder: checked before anything is written (nothing is written until step 3).
-    runs.check_run_folder(out, resume=resume, overwrite=overwrite)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-    checkpoint = runs.load_checkpoint(ckpt_path) if resume else None
-    if checkpoint is not None:
-        runs.check_resume_config(out, checkpoint.get("config") or cfg.to_dict(), cfg.to_dict())
+    checkpoint = _open_run_folder(out, cfg, resume, overwrite)
     start_step = int(checkpoint["step"]) if checkpoint else 0
 
     # 1. Data: unlabelled target-domain images at a fixed working size, this rank's slice of each batch.
     loader, num_images = build_feed(cfg, info, start_step)
+    total_steps = _planned_steps(cfg, num_images, checkpoint)
+
+    # 2. The frozen base, student (adapters) and EMA teacher, objective, AdamW and per-step schedules.
+    head_images = None  # the "data" head init reads target images; a resumed run loads its heads instead
+    if checkpoint is None:
+        head_images = head_init_images(loader.dataset, cfg.objective.views.global_size, info.device)
+    run = build_run(cfg, info, total_steps, head_images)
+    bank, trunk = prepare_bank(run, loader.dataset.dataset) if cfg.trunk_blocks else (None, None)
+    if trunk is not None:
+        check_resumed_bank(checkpoint, trunk, out / CHECKPOINT)
+    probe = _telemetry_probe(run, loader.dataset)  # measured on the base model, so before resuming
+
+    # 3. Resume: restore every tensor and state the next step reads. The run folder is written from here on.
+    _start_or_resume(run, out, checkpoint)
+
+    # 4. The loop: batch -> train_step -> log -> checkpoint.
+    batches = (
+        iter(loader) if bank is None else trunk_batches(bank, loader.batch_sampler, info.device, cfg.seed)
+    )
+    loop = _train_loop(run, batches, loader.batch_sampler, out, start_step, probe, trunk)
+
+    # 5. Export the trained tensors and a summary (each written atomically).
+    if start_step >= total_steps and runs.finished_run_intact(out):  # resumed a finished run
+        dist_utils.barrier(info)
+        return runs.read_summary(out)
+    summary = summarize(run, loop, num_images, start_step, trunk, data_root(loader), out / METRICS)
+    if info.is_main:
+        run.model.export_adapter(out / "adapter.safetensors")  # the EMA teacher's adapters, as DINO evaluates
+        run.model.export_adapter(out / "adapter_student.safetensors", which="student")  # to compare with
+        runs.atomic_write_json(out / "summary.json", summary)
+    dist_utils.barrier(info)
+    return summary
+
+
+def _open_run_folder(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """0. Refuse a run folder that cannot be used, before anything is written; the checkpoint to resume
+    (None for a new run), whose recorded config must match ``cfg``."""
+    runs.check_run_folder(out, resume=resume, overwrite=overwrite)
+    checkpoint = runs.load_checkpoint(out / CHECKPOINT) if resume else None
+    if checkpoint is not None:
+        runs.check_resume_config(out, checkpoint.get("config") or cfg.to_dict(), cfg.to_dict())
+    return checkpoint
+
+
+def _planned_steps(cfg: TrainConfig, num_images: int, checkpoint: dict[str, Any] | None) -> int:
+    """1. The run's length, with a warning when a resumed run was planned for another length."""
     total_steps = cfg.total_steps(num_images)
     if checkpoint and checkpoint.get("total_steps", total_steps) != total_steps:
         warnings.warn(
             f"resuming a run planned for {checkpoint['total_steps']} steps with {total_steps}: the schedules "
             "change from here on, so the result differs from an uninterrupted run",
-            stacklevel=2,
+            stacklevel=3,
         )
+    return total_steps
 
-    # 2. The frozen base, student (adapters) and EMA teacher, objective, AdamW and per-step schedules.
-    head_images = None
-    if checkpoint is None:  # a resumed run has its heads
-        head_images = head_init_images(loader.dataset, cfg.objective.views.global_size, device)
-    run = build_run(cfg, info, total_steps, head_images)
-    model, objective, optimizer, scaler = run.model, run.objective, run.optimizer, run.scaler
-    counts = count_parameters(model.student)
-    trunk = None  # trunk_blocks: load (verified) or build the bank of cached trunk tokens
-    if cfg.trunk_blocks:
-        bank, trunk = prepare_bank(run, loader.dataset.dataset)
-        check_resumed_bank(checkpoint, trunk, ckpt_path)
-    probe, measured = (
-        None,
-        None,
-    )  # the instruments' fixed batch and its base tokens (the model is the base now)
-    if cfg.telemetry_every > 0 and info.is_main:
-        fixed = head_init_images(loader.dataset, cfg.objective.views.global_size, device, count=8)
-        probe = telemetry.make_probe(model.teacher, fixed, run.precision)
 
-    # 3. Resume: restore every tensor and state the next step reads. The run folder is written from here on.
+def _telemetry_probe(run: Run, feed: ImageFeed) -> telemetry.TelemetryProbe | None:
+    """2. The instruments' fixed batch of 8 target images and the base model's tokens for it (rank 0, when
+    ``telemetry_every`` > 0); None otherwise."""
+    if run.cfg.telemetry_every <= 0 or not run.info.is_main:
+        return None
+    fixed = head_init_images(feed, run.cfg.objective.views.global_size, run.device, count=8)
+    return telemetry.make_probe(run.model.teacher, fixed, run.precision)
+
+
+def _start_or_resume(run: Run, out: Path, checkpoint: dict[str, Any] | None) -> None:
+    """3. Start writing the run folder, seed this rank's views, and for a resumed run restore the checkpoint
+    and drop the metric lines written after it."""
+    info, metrics_path = run.info, out / METRICS
     if info.is_main:
-        _start_writing(out, cfg, fresh=checkpoint is None)
-    seed_everything(cfg.seed + 1000 * info.rank)  # each rank draws its own views
+        _start_writing(out, run.cfg, fresh=checkpoint is None)
+    seed_everything(run.cfg.seed + 1000 * info.rank)  # each rank draws its own views
     if checkpoint:
-        model.load_state_dict(checkpoint["model"], strict=False)
-        if checkpoint.get("objective") is not None:
-            objective.load_state_dict(checkpoint["objective"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"][min(info.rank, len(checkpoint["rng"]) - 1)])
+        restore_checkpoint(run, checkpoint)
         if info.is_main:
-            truncate_metrics(metrics_path, start_step)
+            truncate_metrics(metrics_path, int(checkpoint["step"]))
     elif info.is_main and metrics_path.exists():
         metrics_path.unlink()
     dist_utils.barrier(info)
 
-    # 4. The loop: batch -> train_step -> log -> checkpoint.
-    show_bar = info.is_main and sys.stdout.isatty() and not smoke_mode()
-    bar = None
-    if show_bar:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True)
-    if cfg.trunk_blocks:  # bank entries in the sampler's order instead of images
-        batches = trunk_batches(bank, loader.batch_sampler, device, cfg.seed)
-    else:
-        batches = iter(loader)
-    t_run, seen, step_record = time.perf_counter(), 0, {}
-    model.train()
+@dataclasses.dataclass
+class LoopResult:
+    """What the loop hands to the summary.
+
+    Attributes:
+        last: the last step's :func:`train_step` record (empty when no step ran).
+        images: images trained on by all ranks together.
+        seconds: wall-clock time of the loop.
+        telemetry: the last instruments' reading (None without telemetry).
+    """
+
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+    images: int = 0
+    seconds: float = 0.0
+    telemetry: dict[str, Any] | None = None
+
+
+def _train_loop(
+    run: Run,
+    batches: Iterator[torch.Tensor | TrunkBatch],
+    sampler: ResumableBatchSampler,
+    out: Path,
+    start_step: int,
+    probe: telemetry.TelemetryProbe | None,
+    trunk: dict[str, Any] | None,
+) -> LoopResult:
+    """4. Steps ``start_step`` .. ``total_steps - 1``: batch -> :func:`train_step` -> log -> checkpoint.
+
+    The first ``run.head_warmup`` steps are the head warm-up (:func:`train_step` gives the adapters lr 0).
+    Every step appends a line to ``metrics.jsonl`` (rank 0), with the instruments' reading every
+    ``telemetry_every`` steps; a checkpoint is written every ``checkpoint_every`` steps and after the last.
+    """
+    cfg, info, total = run.cfg, run.info, run.total_steps
+    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    bar = progress_bar(info, start_step, total)
+    result, t_run = LoopResult(), time.perf_counter()
+    run.model.train()
     try:
-        for step in range(start_step, total_steps):
+        for step in range(start_step, total):
             t0 = time.perf_counter()
             batch = next(batches)  # uint8 (B / K, 3, S, S): this rank's slice of the global batch
-            images = _step_input(batch, device)  # in [0, 1] (or cached trunk tokens)
+            images = _step_input(batch, run.device)  # in [0, 1] (or cached trunk tokens)
             try:
-                step_record = train_step(run, images, step)
+                result.last = train_step(run, images, step)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(
                     f"{e}; the last good checkpoint ({ckpt_path}) is untouched. Lower the learning rate "
                     "(--set lr=...) or use --precision fp32, then --resume."
                 ) from None
-            seen += len(images) * info.world_size
-            dt = time.perf_counter() - t0
+            result.images += len(images) * info.world_size
             record = {
                 "step": step + 1,
-                **step_record,
-                "images_per_s": len(images) * info.world_size / dt,
+                **result.last,
+                "images_per_s": len(images) * info.world_size / (time.perf_counter() - t0),
                 "seconds": time.perf_counter() - t_run,
             }
-            if probe is not None and ((step + 1) % cfg.telemetry_every == 0 or step + 1 == total_steps):
-                measured = telemetry.measure(model, probe)
-                record.update(telemetry.flat(measured))
+            if probe is not None and _due(step, cfg.telemetry_every, total):
+                result.telemetry = telemetry.measure(run.model, probe)
+                record.update(telemetry.flat(result.telemetry))
             if info.is_main:
                 append_jsonl(metrics_path, record)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", ips=f"{record['images_per_s']:.1f}")
-                elif (step + 1) % max(1, cfg.log_every) == 0 or step == start_step:
-                    print(
-                        f"step {step + 1}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                        f"{record['images_per_s']:.1f} img/s",
-                        flush=True,
-                    )
-
-            if (step + 1) % max(1, cfg.checkpoint_every) == 0 or step + 1 == total_steps:
-                position = {
-                    "step": step + 1,
-                    "total_steps": total_steps,
-                    "sampler": loader.batch_sampler.state_dict(),
-                    **({"trunk_bank": trunk["sha256"]} if trunk else {}),  # the bank the step read
-                }
-                _checkpoint(ckpt_path, run, position)
+                show_progress(record, bar, total, cfg.log_every, first=step == start_step)
+            if _due(step, cfg.checkpoint_every, total):
+                position = {"step": step + 1, "total_steps": total, "sampler": sampler.state_dict()}
+                if trunk:
+                    position["trunk_bank"] = trunk["sha256"]  # the bank the step read
+                save_checkpoint(ckpt_path, run, position)
     except torch.cuda.OutOfMemoryError as e:
         raise RuntimeError(
             f"CUDA out of memory with batch {cfg.batch_size} ({e}). Use a smaller preset (--preset colab_t4, "
@@ -652,43 +541,13 @@ def pretrain(
     finally:
         if bar is not None:
             bar.close()
+    result.seconds = time.perf_counter() - t_run
+    return result
 
-    # 5. Export the trained tensors and a summary (each written atomically).
-    if start_step >= total_steps and runs.finished_run_intact(out):  # resumed a finished run
-        dist_utils.barrier(info)
-        return runs.read_summary(out)
-    minutes = (time.perf_counter() - t_run) / 60
-    final_terms = {k: v for k, v in step_record.items() if k.startswith(("loss_", "teacher_"))}
-    summary = {
-        "preset": cfg.preset,
-        "steps": total_steps,
-        "start_step": start_step,
-        "images": num_images,
-        "minutes": minutes,
-        "images_per_s": seen / max(minutes * 60, 1e-9),
-        "final_loss": _last_loss(metrics_path) if info.is_main else None,
-        "final_terms": final_terms,
-        "train_heads": model.train_heads,
-        "trainable_params": counts.trainable,
-        "total_params": counts.total,
-        "precision": run.precision.name,
-        "precision_requested": run.precision.requested,
-        "precision_reason": run.precision.reason,
-        "ema_dtype": model.ema_dtype(),
-        "ln_k": math.log(model.out_dim),  # the value of a cross-entropy between uniform distributions
-        "telemetry": measured,
-        "attention": run.attention,
-        "device": str(device),
-        "world_size": info.world_size,
-        "data_root": _data_root(loader),
-        "trunk": trunk,
-    }
-    if info.is_main:
-        model.export_adapter(out / "adapter.safetensors")  # the EMA teacher's adapters, as DINO evaluates
-        model.export_adapter(out / "adapter_student.safetensors", which="student")  # to compare with
-        runs.atomic_write_json(out / "summary.json", summary)
-    dist_utils.barrier(info)
-    return summary
+
+def _due(step: int, every: int, total: int) -> bool:
+    """True after every ``every``-th step and after the last one."""
+    return (step + 1) % max(1, every) == 0 or step + 1 == total
 
 
 def _step_input(batch: torch.Tensor | TrunkBatch, device: torch.device) -> torch.Tensor | TrunkBatch:
@@ -698,45 +557,11 @@ def _step_input(batch: torch.Tensor | TrunkBatch, device: torch.device) -> torch
     return batch.to(device, non_blocking=True).float().div_(255)
 
 
-def _checkpoint(path: Path, run: Run, position: dict[str, Any]) -> None:
-    """Write ``checkpoint.pt`` atomically on rank 0 (every rank's RNG state is gathered into it).
-
-    ``position`` holds the step (which fixes the schedules and the data order), the run's total steps and the
-    sampler's state.
-    """
-    runs.check_finite_state(
-        _trained_tensors(run.model, run.objective, run.frozen), f"checkpoint at step {position['step']}"
-    )
-    rngs = dist_utils.gather_objects(rng_state(), run.info)
-    if run.info.is_main:
-        state = {
-            **position,
-            "model": run_state_dict(run.model, run.frozen),
-            "objective": run.objective.state_dict(),
-            "optimizer": _plain_numbers(run.optimizer.state_dict()),
-            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
-            "rng": rngs,
-            "config": run.cfg.to_dict(),
-        }
-        atomic_save(state, path)
-    dist_utils.barrier(run.info)
-
-
 def _heads_may_be_unused(model: StudentTeacher, cfg: TrainConfig) -> bool:
     """True when some trained head takes no part in the loss, so DDP must look for unused parameters: a
     separate patch head with L and R off, or the [CLS] head beside a separate patch head with G off."""
     o = cfg.objective
     return model.separate_patch_head and (not (o.use_local or o.use_regional) or not o.use_global)
-
-
-def _plain_numbers(obj: Any) -> Any:
-    """``obj`` with numpy scalars (the schedules' learning rates in the optimiser's groups) as Python numbers,
-    so the checkpoint holds tensors and plain data only."""
-    if isinstance(obj, dict):
-        return {k: _plain_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain_numbers(v) for v in obj)
-    return obj.item() if isinstance(obj, np.generic) else obj
 
 
 def _start_writing(out: Path, cfg: TrainConfig, fresh: bool) -> None:
@@ -748,29 +573,3 @@ def _start_writing(out: Path, cfg: TrainConfig, fresh: bool) -> None:
         runs.clear_run_files(out)
     if fresh or not (out / "config.json").exists():
         runs.atomic_write_json(out / "config.json", cfg.to_dict())
-
-
-def _trained_tensors(
-    model: nn.Module, objective: Any, frozen: set[int]
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """What a checkpoint saves, plus the gradients: trained weights and their gradients, the EMA teacher's
-    copies and buffers (everything but the frozen base) and the objective's state (centres)."""
-    for name, p in model.named_parameters():
-        if p.requires_grad and p.grad is not None:
-            yield f"{name}.grad", p.grad
-    for name, t in model.state_dict().items():
-        if t.data_ptr() not in frozen:
-            yield name, t
-    if isinstance(objective, nn.Module):
-        yield from objective.state_dict().items()
-
-
-def _data_root(loader: DataLoader) -> str | None:
-    """The dataset folder the run read (recorded in ``summary.json``), or None for generated data."""
-    root = getattr(loader.dataset.dataset, "root", None)
-    return str(Path(root).resolve()) if root is not None else None
-
-
-def _last_loss(metrics_path: Path) -> float | None:
-    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-    return json.loads(lines[-1])["loss"] if lines else None

@@ -17,8 +17,9 @@ import torch
 from glare_core.cli import main
 from glare_core.config import preset
 from glare_core.errors import CheckpointError
+from glare_core.rng import rng_state, set_rng_state
 from glare_core.runs import load_checkpoint, safe_torch_load
-from glare_core.train import pretrain, rng_state, set_rng_state
+from glare_core.train import pretrain
 
 
 class Payload:

@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from glare_core.checkpoint import atomic_save
 from glare_core.config import TrainConfig, apply_overrides, parse_value, preset
 from glare_core.distributed import DistInfo
+from glare_core.feed import ResumableBatchSampler
 from glare_core.runs import load_checkpoint
-from glare_core.train import (
-    NonFiniteLossError,
-    ResumableBatchSampler,
-    atomic_save,
-    pretrain,
-)
+from glare_core.train import NonFiniteLossError, pretrain
 
 
 # ---------------------------------------------------------------------------- config and --set
