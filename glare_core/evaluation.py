@@ -8,7 +8,7 @@ pre-training.
    the patch multiple: exactly 448x336 for /14 and /16 backbones) and extract the frozen patch tokens of the
    last block (or the last four blocks concatenated), cached on disk (:mod:`glare_core.features`).
 2. Train the head on the training split's features, labels resized (nearest) to the probe resolution
-   (:func:`glare_core.probe.train_probe`).
+   (:func:`fit_probe`, the one probe-training pipeline, also used by the book's chapters 3 and 9).
 3. Predict the validation split at full label resolution and accumulate one confusion matrix
    (:mod:`glare_core.metrics`: mIoU over classes present in ground truth or prediction). Two inference modes:
    ``"resize"`` (default; the whole image resized to the probe resolution, logits upsampled bilinearly to the
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -48,7 +49,7 @@ from .features import (
     show_progress,
     unit_image,
 )
-from .metrics import ConfusionMatrix, segmentation_scores
+from .metrics import IGNORE_INDEX, ConfusionMatrix, segmentation_scores
 from .paths import smoke_mode
 from .precision import resolve_precision
 from .probe import build_head, evaluate_head, train_probe
@@ -170,12 +171,50 @@ class ProbeConfig:
         return out
 
 
-def _dataset_info(ds: Dataset) -> dict:
-    return {
-        "name": getattr(ds, "name", type(ds).__name__),
-        "split": getattr(ds, "split", None),
-        "num_images": len(ds),
-    }
+def fit_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    cfg: ProbeConfig,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[nn.Module, dict]:
+    """Train the protocol's head on cached training features: seed, build, train.
+
+    The one probe-training pipeline of :func:`evaluate_backbone` and the book's chapters:
+    ``torch.manual_seed(cfg.seed)`` (the head's initialisation), the ``cfg.head`` head
+    (:func:`~glare_core.probe.build_head`), then :func:`~glare_core.probe.train_probe` for ``cfg.steps`` steps
+    with every optimisation setting of ``cfg``.
+
+    Args:
+        features: (N, C, h, w) training features (a :class:`~glare_core.features.FeatureSet`'s ``features``).
+        labels: (N, H, W) labels at the probe input resolution (255 = ignore).
+        num_classes: K.
+        cfg: the protocol.
+        ignore_index: label value left out of the loss.
+
+    Returns:
+        The trained head (in eval mode, on the CPU) and its training logs (``loss_first``, ``loss_last``,
+        ``losses``: the mean loss per 5 % of the steps).
+    """
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg.head, features.shape[1], num_classes, cfg.hidden_dim)
+    logs = train_probe(
+        head,
+        features,
+        labels,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        warmup_steps=cfg.warmup_steps,
+        flip=cfg.flip,
+        seed=cfg.seed,
+        label_scale=cfg.label_scale,
+        ignore_index=ignore_index,
+        progress=show_progress(cfg.progress),
+    )
+    return head, logs
 
 
 def evaluate_backbone(
@@ -198,14 +237,7 @@ def evaluate_backbone(
         (training loss curve), ``machine``.
     """
     cfg = cfg or ProbeConfig.default()
-    num_classes = int(getattr(train_ds, "num_classes", 0) or 0)
-    val_classes = int(getattr(val_ds, "num_classes", num_classes) or num_classes)
-    if num_classes <= 0:
-        raise ValueError("train_ds must say its num_classes (a glare_core.data.SegmentationDataset does)")
-    if val_classes != num_classes:
-        raise ValueError(f"train split has {num_classes} classes, validation split {val_classes}")
-    classes = list(getattr(train_ds, "classes", [str(c) for c in range(num_classes)]))
-    ignore_index = int(getattr(train_ds, "ignore_index", 255))
+    num_classes, classes, ignore_index = _label_space(train_ds, val_ds)
     size = probe_size(cfg.size, backbone.patch_size)
     was_training = backbone.training  # restored at the end: callers may evaluate mid-training
     common = dict(
@@ -219,29 +251,12 @@ def evaluate_backbone(
     )
     start = time.perf_counter()
     train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
-    val = None
+    val = None  # "slide" predicts from the images, not from cached features
     if cfg.inference == "resize":
         val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
 
-    torch.manual_seed(cfg.seed)
-    head = build_head(cfg.head, train.features.shape[1], num_classes, cfg.hidden_dim)
     t0 = time.perf_counter()
-    logs = train_probe(
-        head,
-        train.features,
-        train.labels,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        warmup_steps=cfg.warmup_steps,
-        flip=cfg.flip,
-        seed=cfg.seed,
-        label_scale=cfg.label_scale,
-        ignore_index=ignore_index,
-        progress=show_progress(cfg.progress),
-    )
+    head, logs = fit_probe(train.features, train.labels, num_classes, cfg, ignore_index)
     t1 = time.perf_counter()
     if val is not None:
         cm = evaluate_head(head, val.features, val.labels, num_classes, cfg.eval_batch_size, ignore_index)
@@ -250,9 +265,8 @@ def evaluate_backbone(
     t2 = time.perf_counter()
     backbone.train(was_training)
 
-    scores = segmentation_scores(cm.matrix, classes)
     return {
-        **scores,
+        **segmentation_scores(cm.matrix, classes),
         "confusion_matrix": cm.matrix.tolist(),
         "classes": classes,
         "config": cfg.to_dict(),
@@ -276,14 +290,40 @@ def evaluate_backbone(
             "total_s": t2 - start,
         },
         "probe": logs,
-        "machine": {
-            "device": str(next(backbone.parameters()).device),
-            "precision": resolve_precision(cfg.precision, next(backbone.parameters()).device).name,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "machine": _machine(backbone, cfg.precision),
+    }
+
+
+def _label_space(train_ds: Dataset, val_ds: Dataset) -> tuple[int, list[str], int]:
+    """The number of classes, their names and the ignore index of a train / validation pair (checked)."""
+    num_classes = int(getattr(train_ds, "num_classes", 0) or 0)
+    val_classes = int(getattr(val_ds, "num_classes", num_classes) or num_classes)
+    if num_classes <= 0:
+        raise ValueError("train_ds must say its num_classes (a glare_core.data.SegmentationDataset does)")
+    if val_classes != num_classes:
+        raise ValueError(f"train split has {num_classes} classes, validation split {val_classes}")
+    classes = list(getattr(train_ds, "classes", [str(c) for c in range(num_classes)]))
+    return num_classes, classes, int(getattr(train_ds, "ignore_index", IGNORE_INDEX))
+
+
+def _dataset_info(ds: Dataset) -> dict:
+    return {
+        "name": getattr(ds, "name", type(ds).__name__),
+        "split": getattr(ds, "split", None),
+        "num_images": len(ds),
+    }
+
+
+def _machine(backbone: Backbone, precision: str) -> dict:
+    """Where the evaluation ran: device, the precision used, torch, threads, CPU count, platform."""
+    device = next(backbone.parameters()).device
+    return {
+        "device": str(device),
+        "precision": resolve_precision(precision, device).name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
     }
 
 

@@ -140,30 +140,13 @@ def train_probe(
     Returns:
         ``{"loss_first": ..., "loss_last": ..., "losses": [mean loss per 5 % of the steps]}``.
     """
-    if features.shape[0] != labels.shape[0]:
-        raise ValueError(f"{features.shape[0]} feature maps but {labels.shape[0]} labels")
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr={lr} must be a finite number > 0")
+    _check_probe_inputs(features, labels, steps, batch_size, lr)
     device = next(head.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    params = list(head.parameters())
-    if optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"optimizer={optimizer!r}: use 'adamw' or 'sgd'")
+    opt = _optimizer(optimizer, list(head.parameters()), lr, weight_decay)
     warmup = min(warmup_steps, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, warmup))
-    if label_scale != 1.0:
-        h, w = (max(1, round(s * label_scale)) for s in labels.shape[-2:])
-        rows = torch.linspace(0, labels.shape[-2] - 1, h).round().long()
-        cols = torch.linspace(0, labels.shape[-1] - 1, w).round().long()
-        labels = labels[:, rows][:, :, cols]
+    labels = subsample_labels(labels, label_scale)
     size = tuple(labels.shape[-2:])
     batch_size = min(batch_size, features.shape[0])
     head.train()
@@ -194,6 +177,42 @@ def train_probe(
     chunk = max(1, steps // 20)
     curve = [sum(losses[i : i + chunk]) / len(losses[i : i + chunk]) for i in range(0, steps, chunk)]
     return {"loss_first": losses[0], "loss_last": curve[-1], "losses": curve}
+
+
+def _check_probe_inputs(
+    features: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, lr: float
+) -> None:
+    """Refuse what :func:`train_probe` cannot train on, naming the value."""
+    if features.shape[0] != labels.shape[0]:
+        raise ValueError(f"{features.shape[0]} feature maps but {labels.shape[0]} labels")
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr} must be a finite number > 0")
+
+
+def subsample_labels(labels: torch.Tensor, scale: float) -> torch.Tensor:
+    """Label maps (N, H, W) subsampled by nearest neighbour to (N, round(H * scale), round(W * scale)); a
+    scale of 1 returns them unchanged. Rows and columns are picked evenly, so no class is ever blended."""
+    if scale == 1.0:
+        return labels
+    h, w = (max(1, round(s * scale)) for s in labels.shape[-2:])
+    rows = torch.linspace(0, labels.shape[-2] - 1, h).round().long()
+    cols = torch.linspace(0, labels.shape[-1] - 1, w).round().long()
+    return labels[:, rows][:, :, cols]
+
+
+def _optimizer(
+    name: str, params: list[nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """``"adamw"`` or ``"sgd"`` (momentum 0.9) over ``params``."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={name!r}: use 'adamw' or 'sgd'")
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from glare_core.evaluation import (
     ProbeConfig,
     apply_adapter,
     evaluate_backbone,
+    fit_probe,
     save_result,
     sliding_window_logits,
     window_starts,
@@ -71,6 +72,32 @@ def test_probe_training_options():
         assert len(logs["losses"]) == 4 and all(v == v for v in logs["losses"])  # no NaN
     with pytest.raises(ValueError, match="optimizer"):
         train_probe(build_head("linear", 8, 3), feats, labels, steps=1, optimizer="lbfgs")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ProbeConfig.smoke(steps=12),
+        ProbeConfig(steps=30, head="decoder", hidden_dim=8, optimizer="sgd", flip=False, label_scale=1.0),
+    ],
+)
+def test_fit_probe_is_the_former_pipeline(cfg):
+    """fit_probe trains the very head chapters 3 and 9 and evaluate_backbone trained before it existed."""
+    g = torch.Generator().manual_seed(1)
+    feats, labels = torch.randn(10, 8, 3, 4, generator=g), torch.randint(0, 5, (10, 12, 16), generator=g)
+    labels[:, :2] = 255
+    torch.manual_seed(cfg.seed)  # the former pipeline, as the notebooks spelled it out
+    former = build_head(cfg.head, 8, 5, cfg.hidden_dim)
+    former_logs = train_probe(
+        former, feats, labels, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, warmup_steps=cfg.warmup_steps, flip=cfg.flip,
+        seed=cfg.seed, label_scale=cfg.label_scale, ignore_index=255,
+    )  # fmt: skip
+    torch.manual_seed(123)  # fit_probe seeds the head's initialisation itself
+    head, logs = fit_probe(feats, labels, 5, cfg, ignore_index=255)
+    assert logs == former_logs and not head.training
+    state, former_state = head.state_dict(), former.state_dict()
+    assert all(torch.equal(state[k], former_state[k]) for k in former_state)
 
 
 def test_decoder_head_shapes():
