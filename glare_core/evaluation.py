@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .backbone import Backbone, create_backbone
+from .backbone import Backbone
 from .features import (
     _forward_features,
     autocast_context,
@@ -53,6 +53,7 @@ from .metrics import IGNORE_INDEX, ConfusionMatrix, segmentation_scores
 from .paths import smoke_mode
 from .precision import resolve_precision
 from .probe import build_head, evaluate_head, train_probe
+from .weights import load_base
 
 #: How the validation split is predicted (``ProbeConfig.inference``).
 INFERENCE_MODES = ("resize", "slide")
@@ -476,20 +477,11 @@ def format_result(result: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ backbones
 def load_backbone(base: str) -> Backbone:
-    """A frozen base backbone: ``glare_core.weights.load_base(base)``; ``random:<arch>`` also works without
-    it."""
-    try:
-        from .weights import load_base
-    except ImportError:
-        load_base = None
+    """A frozen base backbone: ``glare_core.weights.load_base(base)``; a ``random:<arch>`` base gets the same
+    random weights in every evaluation (drawn after ``torch.manual_seed(0)``, as in pretrain with seed 0)."""
     if base.startswith("random:"):
-        torch.manual_seed(0)  # the same random weights in every evaluation (and as pretrain's seed 0)
-    if load_base is not None:
-        return load_base(base)
-    if base.startswith("random:"):
-        backbone = create_backbone(base.split(":", 1)[1])
-        return backbone.eval().requires_grad_(False)
-    raise RuntimeError(f"cannot load base {base!r}: glare_core.weights is not available (use random:<arch>)")
+        torch.manual_seed(0)
+    return load_base(base)
 
 
 def apply_adapter(backbone: Backbone, path: str | Path, base: str | None = None) -> dict:

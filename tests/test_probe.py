@@ -100,6 +100,21 @@ def test_fit_probe_is_the_former_pipeline(cfg):
     assert all(torch.equal(state[k], former_state[k]) for k in former_state)
 
 
+def test_evaluate_help_reads_the_protocol_defaults(monkeypatch, capsys):
+    from glare_core.cli import main
+
+    monkeypatch.delenv("GLARE_SMOKE", raising=False)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    full, smoke = ProbeConfig(), ProbeConfig.smoke()
+    assert (
+        f"(default {full.label_scale:g})" in text
+        and f"(default {full.steps}; {smoke.steps} in smoke mode)" in text
+    )
+    assert "(default 448x336; 112x84 in smoke mode)" in text
+
+
 def test_decoder_head_shapes():
     head = build_head("decoder", 32, 5, hidden=16)
     assert head(torch.randn(2, 32, 6, 8)).shape == (2, 5, 6, 8)

@@ -28,6 +28,20 @@ NAME = "evaluate"
 HELP = "linear-probe segmentation mIoU of a base model (+ adapter), optional k-NN forgetting"
 
 
+def _default(name: str) -> str:
+    """``"default <value>"`` of a probe option, read from :class:`~glare_core.evaluation.ProbeConfig` (the one
+    place the protocol's defaults live), with the smoke preset's value when ``GLARE_SMOKE=1`` changes it."""
+    from glare_core.evaluation import ProbeConfig
+
+    def show(value: object) -> str:
+        if isinstance(value, tuple):
+            return "x".join(str(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    full, smoke = getattr(ProbeConfig(), name), getattr(ProbeConfig.smoke(), name)
+    return f"default {show(full)}" + ("" if smoke == full else f"; {show(smoke)} in smoke mode")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--base", default="dinov2_vits14_imgfocus", help="base model name or weight file")
@@ -42,35 +56,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-split", default="val", help="split the probe is scored on")
     parser.add_argument("--limit", type=int, default=None, help="use N training images (fixed --seed)")
     parser.add_argument("--val-limit", type=int, default=None, help="use N validation images (fixed --seed)")
-    parser.add_argument("--layers", default=None, help="last (default), last4, or block indices such as 9")
     parser.add_argument(
-        "--head", choices=("linear", "decoder"), default=None, help="probe head (default linear)"
+        "--layers", default=None, help=f"last, last4, or block indices such as 9 ({_default('layers')})"
     )
     parser.add_argument(
-        "--size", default=None, help="probe input WxH (default 448x336; 112x84 in smoke mode)"
+        "--head", choices=("linear", "decoder"), default=None, help=f"probe head ({_default('head')})"
     )
-    parser.add_argument("--steps", type=int, default=None, help="probe training steps (default 1000)")
-    parser.add_argument("--batch-size", type=int, default=None, help="probe batch size (default 8)")
-    parser.add_argument("--lr", type=float, default=None, help="probe peak learning rate (default 3e-2)")
-    parser.add_argument("--seed", type=int, default=None, help="probe seed (default 0)")
+    parser.add_argument("--size", default=None, help=f"probe input WxH ({_default('size')})")
+    parser.add_argument("--steps", type=int, default=None, help=f"probe training steps ({_default('steps')})")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help=f"probe batch size ({_default('batch_size')})"
+    )
+    parser.add_argument("--lr", type=float, default=None, help=f"probe peak learning rate ({_default('lr')})")
+    parser.add_argument("--seed", type=int, default=None, help=f"probe seed ({_default('seed')})")
     parser.add_argument(
         "--label-scale",
         type=float,
         default=None,
-        help="training-loss resolution relative to the probe input (default 0.5, about 4x cheaper than 1.0)",
+        help="training-loss resolution relative to the probe input, 1.0 for full resolution "
+        f"({_default('label_scale')}); 0.5 costs about a quarter of 1.0 per step on a CPU",
     )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation of the probe")
     parser.add_argument(
         "--inference",
         choices=("resize", "slide"),
         default=None,
-        help="validation prediction: resize the whole image (default) or slide probe-sized windows over it",
+        help="validation prediction: resize the whole image or slide probe-sized windows over it "
+        f"({_default('inference')})",
     )
     parser.add_argument(
         "--slide-scale",
         type=float,
         default=None,
-        help="slide: image resized to its label resolution times this factor first (default 1.0)",
+        help="slide: image resized to its label resolution times this factor first "
+        f"({_default('slide_scale')})",
     )
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument(
