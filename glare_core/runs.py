@@ -156,18 +156,24 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(
-    saved: Mapping[str, Any], wanted: Mapping[str, Any], allowed: Iterable[str] = RESUME_SAFE_KEYS
+    saved: Mapping[str, Any],
+    wanted: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    allowed: Iterable[str] = RESUME_SAFE_KEYS,
 ) -> list[str]:
     """The dotted keys whose values differ between two config dicts, ignoring ``allowed`` ones.
+
+    Args:
+        saved, wanted: the recorded and the requested config (nested dicts, as ``TrainConfig.to_dict()``).
+        defaults: the config class's defaults (``TrainConfig().to_dict()``): a field added to the config after
+            the run was recorded counts as unchanged when ``wanted`` holds its default value.
 
     Returns:
         ``["rank: 8 -> 4", ...]``, sorted by key; empty when the configs agree.
     """
-    from .config import TrainConfig
-
     a, b = flatten(saved), flatten(wanted)
-    # a field added to the config after the run was recorded counts as unchanged at its default value
-    a = {**{k: v for k, v in flatten(TrainConfig().to_dict()).items() if k not in a and k in b}, **a}
+    if defaults is not None:
+        a = {**{k: v for k, v in flatten(defaults).items() if k not in a and k in b}, **a}
     allowed = set(allowed)
     return [
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
@@ -176,13 +182,15 @@ def config_changes(
     ]
 
 
-def check_resume_config(out: Path, saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+def check_resume_config(
+    out: Path, saved: Mapping[str, Any], wanted: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> None:
     """Refuse to resume the run in ``out`` with settings other than the recorded ones.
 
     Raises:
         RunFolderError: listing the changed keys, with the fix.
     """
-    changes = config_changes(saved, wanted)
+    changes = config_changes(saved, wanted, defaults)
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise RunFolderError(
@@ -339,16 +347,3 @@ def read_summary(out: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return summary if isinstance(summary, dict) else None
-
-
-def finished_run_intact(out: Path) -> bool:
-    """True when ``out`` holds a readable ``summary.json`` and a readable, finite ``adapter.safetensors``."""
-    from .teacher import read_adapter
-
-    if read_summary(out) is None:
-        return False
-    try:
-        read_adapter(Path(out) / "adapter.safetensors")
-    except (ValueError, OSError):
-        return False
-    return True

@@ -57,7 +57,7 @@ from .run_report import (
     truncate_metrics,
 )
 from .schedules import build_schedules
-from .teacher import StudentTeacher
+from .teacher import StudentTeacher, read_adapter
 from .trunk import TrunkBatch, check_resumed_bank, check_trunk, prepare_bank, trunk_batches
 from .weights import load_base_with_head
 
@@ -407,7 +407,7 @@ def pretrain(
     loop = _train_loop(run, batches, loader.batch_sampler, out, start_step, probe, trunk)
 
     # 5. Export the trained tensors and a summary (each written atomically).
-    if start_step >= total_steps and runs.finished_run_intact(out):  # resumed a finished run
+    if start_step >= total_steps and finished_run_intact(out):  # resumed a finished run
         dist_utils.barrier(info)
         return runs.read_summary(out)
     summary = summarize(run, loop, num_images, start_step, trunk, data_root(loader), out / METRICS)
@@ -425,7 +425,9 @@ def _open_run_folder(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool)
     runs.check_run_folder(out, resume=resume, overwrite=overwrite)
     checkpoint = runs.load_checkpoint(out / CHECKPOINT) if resume else None
     if checkpoint is not None:
-        runs.check_resume_config(out, checkpoint.get("config") or cfg.to_dict(), cfg.to_dict())
+        runs.check_resume_config(
+            out, checkpoint.get("config") or cfg.to_dict(), cfg.to_dict(), TrainConfig().to_dict()
+        )
     return checkpoint
 
 
@@ -573,3 +575,14 @@ def _start_writing(out: Path, cfg: TrainConfig, fresh: bool) -> None:
         runs.clear_run_files(out)
     if fresh or not (out / "config.json").exists():
         runs.atomic_write_json(out / "config.json", cfg.to_dict())
+
+
+def finished_run_intact(out: Path) -> bool:
+    """True when ``out`` holds a readable ``summary.json`` and a readable, finite ``adapter.safetensors``."""
+    if runs.read_summary(out) is None:
+        return False
+    try:
+        read_adapter(out / "adapter.safetensors")
+    except (ValueError, OSError):
+        return False
+    return True

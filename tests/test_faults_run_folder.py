@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from glare_core.cli import main
-from glare_core.config import preset
+from glare_core.config import TrainConfig, preset
 from glare_core.errors import RunFolderError
 from glare_core.runs import RUN_FILES, config_changes
 from glare_core.train import pretrain
@@ -114,6 +114,17 @@ def test_config_changes_lists_nested_keys_and_ignores_runtime_ones():
     b = json.loads(json.dumps(a))
     b["num_threads"], b["log_every"], b["objective"]["views"]["global_size"] = 2, 7, 32
     assert config_changes(a, b) == ["objective.views.global_size: 64 -> 32"]
+
+
+def test_config_changes_reads_fields_added_after_a_run_at_their_default():
+    wanted = preset("smoke").to_dict()
+    saved = json.loads(json.dumps(wanted))
+    del saved["clip_grad_mode"]  # a run recorded before the field existed
+    assert config_changes(saved, wanted, TrainConfig().to_dict()) == []
+    wanted["clip_grad_mode"] = "per_tensor"
+    assert config_changes(saved, wanted, TrainConfig().to_dict()) == [
+        "clip_grad_mode: 'global' -> 'per_tensor'"
+    ]
 
 
 def test_stale_temporaries_are_removed_at_the_next_start(tmp_path: Path):

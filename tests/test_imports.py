@@ -16,8 +16,6 @@ PACKAGE = Path(glare_core.__file__).resolve().parent
 #: Function-local imports that still close a cycle outside the study, each to be removed by moving the name
 #: it imports below both modules; no other edge may close one.
 KNOWN_BACK_EDGES = {
-    ("glare_core.runs", "glare_core.config"): "runs.config_changes reads TrainConfig's defaults",
-    ("glare_core.runs", "glare_core.teacher"): "runs.finished_run_intact reads the adapter export",
     ("glare_core.trunk", "glare_core.train"): "trunk.prepare_bank builds train.ImageFeed",
 }
 #: The study's modules, lowest layer first (``glare_core/study/__init__.py`` says what each holds).
