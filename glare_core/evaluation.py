@@ -484,10 +484,11 @@ def load_backbone(base: str) -> Backbone:
     return load_base(base)
 
 
-def apply_adapter(backbone: Backbone, path: str | Path, base: str | None = None) -> dict:
-    """Add an exported adapter (``StudentTeacher.export_adapter``) to ``backbone`` in place and freeze it.
+def apply_adapter_and_record(backbone: Backbone, path: str | Path, base: str | None = None) -> dict:
+    """Add an exported adapter (``StudentTeacher.export_adapter``) to ``backbone`` in place, freeze it, and
+    return what a result record keeps of it.
 
-    The loading itself is :func:`glare_core.teacher.apply_adapter`; this returns what the result record keeps.
+    The loading itself is :func:`glare_core.teacher.apply_adapter` (which returns the backbone).
     With ``base`` (the name the backbone was loaded by), an adapter trained on another named base is refused
     (:func:`glare_core.teacher.check_adapter_base`).
 

@@ -13,7 +13,7 @@ from glare_core.backbone import create_backbone
 from glare_core.data import build_dataset
 from glare_core.evaluation import (
     ProbeConfig,
-    apply_adapter,
+    apply_adapter_and_record,
     evaluate_backbone,
     fit_probe,
     save_result,
@@ -184,7 +184,7 @@ def test_apply_adapter_round_trip_and_mismatch(tmp_path):
     trained = _export_adapter(tmp_path / "adapter.safetensors", rank=4)
     torch.manual_seed(0)
     fresh = create_backbone("test_vit")
-    info = apply_adapter(fresh, tmp_path / "adapter.safetensors")
+    info = apply_adapter_and_record(fresh, tmp_path / "adapter.safetensors")
     assert info["mode"] == "adapter" and info["rank"] == 4
     x = torch.rand(1, 3, 32, 32)
     assert torch.allclose(fresh(x).patches, trained(x).patches)
@@ -193,9 +193,9 @@ def test_apply_adapter_round_trip_and_mismatch(tmp_path):
     other = create_backbone("test_vit")
     other.vit.blocks = other.vit.blocks[:3]  # a different architecture: keys do not match
     with pytest.raises(ValueError, match="adapter.safetensors"):
-        apply_adapter(other, tmp_path / "adapter.safetensors")
+        apply_adapter_and_record(other, tmp_path / "adapter.safetensors")
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        apply_adapter(create_backbone("test_vit"), tmp_path / "missing.safetensors")
+        apply_adapter_and_record(create_backbone("test_vit"), tmp_path / "missing.safetensors")
 
 
 def test_evaluate_command(tmp_path, cache, capsys):

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from glare_core.data import build_dataset
-    from glare_core.evaluation import apply_adapter, load_backbone, save_result
+    from glare_core.evaluation import apply_adapter_and_record, load_backbone, save_result
     from glare_core.segmentation import train_segmentation
 
     if args.threads:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _config(args)
         start = time.perf_counter()
         backbone = load_backbone(args.base)
-        adapter = apply_adapter(backbone, args.adapter, base=args.base) if args.adapter else None
+        adapter = apply_adapter_and_record(backbone, args.adapter, base=args.base) if args.adapter else None
         train_ds = build_dataset(
             args.dataset, args.train_split, root=args.root, limit=args.limit, seed=cfg.seed
         )

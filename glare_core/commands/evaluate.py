@@ -140,7 +140,7 @@ def check_output_file(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from glare_core.data import build_dataset
     from glare_core.evaluation import (
-        apply_adapter,
+        apply_adapter_and_record,
         evaluate_backbone,
         format_result,
         load_backbone,
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(args.out)
         start = time.perf_counter()
         backbone = load_backbone(args.base)
-        adapter = apply_adapter(backbone, args.adapter, base=args.base) if args.adapter else None
+        adapter = apply_adapter_and_record(backbone, args.adapter, base=args.base) if args.adapter else None
         seed = cfg.seed
         train_ds = build_dataset(args.dataset, args.train_split, root=args.root, limit=args.limit, seed=seed)
         val_ds = build_dataset(args.dataset, args.val_split, root=args.root, limit=args.val_limit, seed=seed)
