@@ -36,13 +36,13 @@ import torch
 from torch import nn
 
 from . import pipa  # noqa: F401  (importing it registers the "pipa" local variant)
-from .losses import DINOLoss, LocalInputs, RegionLoss, build_local_loss, teacher_temperature
-from .losses.regional_consistency import (
-    cross_attention_correspondence,
-    geometric_correspondence,
-    pool_regions,
-    region_windows,
-    sample_region_centres,
+from .losses import (
+    DINOLoss,
+    LocalInputs,
+    RegionLoss,
+    build_local_loss,
+    regional_consistency,
+    teacher_temperature,
 )
 from .patch_augment import PatchAugConfig, patch_augment
 from .teacher import ViewOutput, unwrap
@@ -142,6 +142,9 @@ class GlareObjective(nn.Module):
         global_loss (:class:`~glare_core.losses.DINOLoss`), local_loss
         (:class:`~glare_core.losses.PatchDistillationLoss` or a registered variant), region_loss
         (:class:`~glare_core.losses.RegionLoss`): present when their term is on; their centres are buffers.
+        Each term's whole computation is in its module: the local loss assembles itself from
+        :class:`~glare_core.losses.LocalInputs`, the regional term is
+        :func:`~glare_core.losses.regional_consistency` (sampling, pooling, correspondence, loss).
     """
 
     def __init__(self, cfg: ObjectiveConfig | None = None):
@@ -291,75 +294,18 @@ class GlareObjective(nn.Module):
             loss = loss + cfg.lambda_local * L_L
             logs["loss_local"] = float(L_L.detach())
         if self.region_loss is not None:
-            L_R = self.regional_term(net, S[:G], T, views, step, generator)
+            L_R = regional_consistency(self.region_loss, S[:G], T, views, net, step, cfg, generator)
             loss = loss + cfg.lambda_regional * L_R
             logs["loss_regional"] = float(L_R.detach())
         logs["loss"] = float(loss.detach())
-        for name, term in (
-            ("global", self.global_loss),
-            ("local", self.local_loss),
-            ("regional", self.region_loss),
-        ):
-            for key, value in getattr(
-                term, "diagnostics", {}
-            ).items():  # collapse_stats of the teacher targets
+        terms = {"global": self.global_loss, "local": self.local_loss, "regional": self.region_loss}
+        for name, term in terms.items():  # collapse_stats of each term's teacher targets
+            for key, value in getattr(term, "diagnostics", {}).items():
                 logs[f"teacher_{key}_{name}"] = value
         logs["teacher_temp"] = teacher_temperature(
             step, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_steps
         )
         return loss, logs
-
-    def regional_term(
-        self,
-        net: nn.Module,
-        S: list[ViewOutput],
-        T: list[ViewOutput],
-        views: Views,
-        step: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """L_R, symmetric: regions sampled in X are retrieved in X', and those sampled in X' in X."""
-        cfg = self.cfg
-        students, targets, valids = [], [], []
-        for a, b in ((0, 1), (1, 0)):
-            grid = S[a].grid
-            centres = sample_region_centres(
-                T[a].attn,
-                grid,
-                cfg.num_regions,
-                cfg.alpha,
-                uniform=cfg.sampling == "uniform",
-                generator=generator,
-                batch_size=S[a].patches.shape[0],
-            )
-            windows = region_windows(centres, grid, cfg.window)
-            region = pool_regions(S[a].patches, windows)  # (B, K, D) student regions, with gradients
-            if cfg.correspondence == "cross_attention":
-                query = region if cfg.region_query == "student" else pool_regions(T[a].patches, windows)
-                target, _ = cross_attention_correspondence(query.detach(), T[b].patches, cfg.tau_a)
-                valid = torch.ones(region.shape[:2], dtype=torch.bool, device=region.device)
-            else:
-                target, valid = geometric_correspondence(
-                    windows,
-                    grid,
-                    views.boxes[a],
-                    views.flips[a],
-                    views.boxes[b],
-                    views.flips[b],
-                    T[b].patches,
-                    T[b].grid,
-                )
-            students.append(region)
-            targets.append(target)
-            valids.append(valid)
-        return self.region_loss(
-            torch.cat(students),
-            torch.cat(targets),
-            torch.cat(valids),
-            net.student_patch_head,
-            net.teacher_patch_head,
-            step,
-        )
 
     def _check(self, net: nn.Module) -> None:
         p, cfg = net.patch_size, self.cfg

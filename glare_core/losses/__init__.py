@@ -33,9 +33,13 @@ from .regional_consistency import (
     RegionLoss,
     cross_attention_correspondence,
     geometric_correspondence,
+    match_regions,
     pool_regions,
     region_windows,
+    regional_consistency,
     sample_region_centres,
+    sampling_probs,
+    window_points,
 )
 
 __all__ = [
@@ -53,7 +57,11 @@ __all__ = [
     "RegionLoss",
     "cross_attention_correspondence",
     "geometric_correspondence",
+    "match_regions",
     "pool_regions",
     "region_windows",
+    "regional_consistency",
     "sample_region_centres",
+    "sampling_probs",
+    "window_points",
 ]
