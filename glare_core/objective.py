@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import pipa  # noqa: F401  (importing it registers the "pipa" local variant)
 from .losses import (
     DINOLoss,
     LocalInputs,
@@ -44,6 +43,7 @@ from .losses import (
     regional_consistency,
     teacher_temperature,
 )
+from .neighbours import pipa  # noqa: F401  (importing it registers the "pipa" local variant)
 from .patch_augment import PatchAugConfig, patch_augment
 from .teacher import ViewOutput, unwrap
 from .trunk import TrunkBatch

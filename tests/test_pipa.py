@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from glare_core.backbone import create_backbone
 from glare_core.heads import HeadConfig
-from glare_core.objective import GlareObjective, ObjectiveConfig
-from glare_core.pipa import (
+from glare_core.neighbours.pipa import (
     FeatureQueue,
     PatchConsistencyConfig,
     PatchConsistencyLoss,
@@ -24,7 +23,8 @@ from glare_core.pipa import (
     sample_anchors,
     supervised_pixel_contrast,
 )
-from glare_core.pipa.patch_consistency import crop
+from glare_core.neighbours.pipa.patch_consistency import crop
+from glare_core.objective import GlareObjective, ObjectiveConfig
 from glare_core.runs import load_checkpoint
 from glare_core.teacher import StudentTeacher, StudentTeacherConfig
 from glare_core.views import ViewConfig
@@ -202,18 +202,18 @@ def test_confidence_threshold_masks_low_confidence_positions():
 
 # ------------------------------------------------------------------ the "pipa" local variant (pre-training)
 def test_importing_the_objective_registers_pipa(monkeypatch):
-    """A fresh copy of glare_core/objective.py, run while glare_core.pipa is not imported, registers it."""
+    """A fresh copy of glare_core/objective.py, run while the PiPa package is not imported, registers it."""
     import importlib.util
 
-    import glare_core
+    import glare_core.neighbours
     import glare_core.objective
     from glare_core.losses import LOCAL_VARIANTS
 
     monkeypatch.setitem(LOCAL_VARIANTS, "pipa", LOCAL_VARIANTS["pipa"])  # every change is undone afterwards
     del LOCAL_VARIANTS["pipa"]
-    for name in [m for m in sys.modules if m.startswith("glare_core.pipa")]:
+    for name in [m for m in sys.modules if m.startswith("glare_core.neighbours.pipa")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.delattr(glare_core, "pipa")
+    monkeypatch.delattr(glare_core.neighbours, "pipa")
     spec = importlib.util.spec_from_file_location("glare_core._objective_copy", glare_core.objective.__file__)
     copy = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, copy)

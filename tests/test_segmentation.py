@@ -9,10 +9,10 @@ import torch
 
 from glare_core.backbone import create_backbone
 from glare_core.data import build_dataset
-from glare_core.pipa import PatchConsistencyConfig
+from glare_core.neighbours.pipa import PatchConsistencyConfig
+from glare_core.neighbours.segmentation import SegTrainConfig, _batch_indices, train_segmentation
+from glare_core.neighbours.ssr import SSRConfig
 from glare_core.probe import DecoderProbe
-from glare_core.segmentation import SegTrainConfig, _batch_indices, train_segmentation
-from glare_core.ssr import SSRConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -30,7 +30,8 @@ Design choices (fields of :class:`SegTrainConfig` and of the terms' own configs)
 * SSR's frozen encoder: ``ssr_encoder=None`` uses the evaluated backbone's own cached features (on the base
   model this *is* the frozen base, the offline stand-in for SAM); pass the frozen base
   (:func:`glare_core.weights.load_base`) when evaluating an adapted backbone, or a SAM encoder
-  (:func:`glare_core.ssr.load_sam_encoder`), whose maps are resized (area) to the decoder's grid once.
+  (:func:`glare_core.neighbours.ssr.load_sam_encoder`), whose maps are resized (area) to the decoder's grid
+  once.
 * The same seed fixes the decoder's initialisation, the batch order and every random draw of a step (flips,
   windows, anchors), drawn from a generator seeded by (seed, step): variants see the same batches.
 * The training-only passes (SSR's fused branch, PiPa's windows) use batch statistics but leave the decoder's
@@ -61,10 +62,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .backbone import Backbone
-from .features import backbone_fingerprint, extract_features, probe_size, show_progress
-from .metrics import IGNORE_INDEX, segmentation_scores
-from .paths import smoke_mode
+from ..backbone import Backbone
+from ..features import backbone_fingerprint, extract_features, probe_size, show_progress
+from ..metrics import IGNORE_INDEX, segmentation_scores
+from ..paths import smoke_mode
+from ..precision import autocast, resolve_precision
+from ..probe import DecoderProbe, cosine_lr, evaluate_head
 from .pipa.patch_consistency import (
     PatchConsistencyConfig,
     PatchConsistencyLoss,
@@ -73,8 +76,6 @@ from .pipa.patch_consistency import (
     overlapping_windows,
 )
 from .pipa.pixel_contrast import PixelContrastConfig, PixelContrastLoss
-from .precision import autocast, resolve_precision
-from .probe import DecoderProbe, cosine_lr, evaluate_head
 from .ssr import SSRConfig, SSRFusion
 
 #: The optional extra terms of :func:`train_segmentation`.
@@ -105,9 +106,10 @@ class SegTrainConfig:
             was about 1.6x faster per step than float32 on a 2-core CPU with native bf16, ViT-S/14 features at
             24 x 32).
         cache: keep extracted features in the on-disk cache.
-        pixel_contrast: PiPa's pixel contrast (:class:`~glare_core.pipa.PixelContrastConfig`).
-        patch_consistency: PiPa's patch consistency (:class:`~glare_core.pipa.PatchConsistencyConfig`).
-        ssr: SSR's fusion branch (:class:`~glare_core.ssr.SSRConfig`).
+        pixel_contrast: PiPa's pixel contrast (:class:`~glare_core.neighbours.pipa.PixelContrastConfig`).
+        patch_consistency: PiPa's patch consistency
+            (:class:`~glare_core.neighbours.pipa.PatchConsistencyConfig`).
+        ssr: SSR's fusion branch (:class:`~glare_core.neighbours.ssr.SSRConfig`).
     """
 
     size: tuple[int, int] = (448, 336)
@@ -170,7 +172,7 @@ class SegmentationModel(nn.Module):
         decoder: the :class:`~glare_core.probe.DecoderProbe`, the only module :meth:`forward` (inference)
             uses.
         proj_pixel, proj_patch: (B, hidden, h, w) -> (B, d, h, w) 1x1 convolutions, or None.
-        ssr: :class:`~glare_core.ssr.SSRFusion` or None.
+        ssr: :class:`~glare_core.neighbours.ssr.SSRFusion` or None.
     """
 
     def __init__(
@@ -306,7 +308,7 @@ def train_segmentation(
         extra_terms: any of :data:`TERMS`: ``"pixel_contrast"``, ``"patch_consistency"``, ``"ssr"``.
         ssr_encoder: SSR's frozen encoder: None (the backbone's own features), a frozen
             :class:`~glare_core.backbone.Backbone` (its cached last-block features), or a callable images ->
-            maps (e.g. :class:`~glare_core.ssr.SAMEncoder`).
+            maps (e.g. :class:`~glare_core.neighbours.ssr.SAMEncoder`).
 
     Returns:
         JSON-able dict: ``miou``, ``pixel_acc``, ``mean_acc``, ``per_class_iou``, ``per_class_acc``,
