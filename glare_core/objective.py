@@ -43,7 +43,6 @@ from .losses import (
     regional_consistency,
     teacher_temperature,
 )
-from .neighbours import pipa  # noqa: F401  (importing it registers the "pipa" local variant)
 from .patch_augment import PatchAugConfig, patch_augment
 from .teacher import ViewOutput, unwrap
 from .trunk import TrunkBatch
@@ -72,9 +71,9 @@ class ObjectiveConfig:
         patch_center_momentum: EMA momentum of the local term's centre (0.9, iBOT).
         region_center_momentum: EMA momentum of the regional term's centre (0.9).
         local_variant: ``"ce"`` (iBOT patch distillation through the patch head), ``"cosine"`` (negative
-            cosine of patch tokens), ``"crossview"`` (targets from the other view through the crop boxes), or
-            any name registered with :func:`glare_core.losses.register_local_variant` (e.g. a PiPa patch
-            contrast).
+            cosine of patch tokens), ``"crossview"`` (targets from the other view through the crop boxes),
+            ``"pipa"`` (PiPa's patch contrast, :mod:`glare_core.neighbours.pipa`, imported when built) or
+            any name registered with :func:`glare_core.losses.register_local_variant`.
         local_max_patches: at most this many corrupted cells per image and view enter L_L (None: all of them);
             the cells are still all corrupted. A cap bounds the patch head's cost.
         num_regions: K regions per image and view (6).

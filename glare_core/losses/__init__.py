@@ -24,6 +24,7 @@ from .global_consistency import (
 )
 from .local_consistency import (
     LOCAL_VARIANTS,
+    PACKAGED_VARIANTS,
     LocalInputs,
     PatchDistillationLoss,
     build_local_loss,
@@ -50,6 +51,7 @@ __all__ = [
     "collapse_stats",
     "soft_cross_entropy",
     "LOCAL_VARIANTS",
+    "PACKAGED_VARIANTS",
     "LocalInputs",
     "PatchDistillationLoss",
     "build_local_loss",
