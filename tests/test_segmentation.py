@@ -55,6 +55,7 @@ def test_each_extra_term_trains_and_returns_finite_metrics(setup, name):
     assert result["parameters"]["inference"] == sum(p.numel() for p in decoder.parameters())
     assert result["extra_terms"] == list(TERM_SETS[name])
     assert result["timings"]["step_s"] > 0
+    assert result["machine"]["device"] == str(next(backbone.parameters()).device)  # the decoder's device
 
 
 def test_zero_weight_terms_leave_the_decoder_exactly_as_without_them(setup):

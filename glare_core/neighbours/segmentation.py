@@ -102,7 +102,7 @@ class SegTrainConfig:
         eval_batch_size: feature maps per prediction batch.
         precision: autocast precision of the backbone during extraction (:mod:`glare_core.precision`).
         train_precision: autocast precision of the decoder's (and the extra modules') forward passes during
-            training; the losses are computed in float32 (training runs on the CPU, on cached features; bf16
+            training; the losses are computed in float32 (training runs on cached features; bf16
             was about 1.6x faster per step than float32 on a 2-core CPU with native bf16, ViT-S/14 features at
             24 x 32).
         cache: keep extracted features in the on-disk cache.
@@ -301,6 +301,9 @@ def train_segmentation(
 ) -> dict:
     """Train a light decoder on the frozen backbone's features (+ optional PiPa / SSR terms), score on val.
 
+    The decoder trains and predicts on the backbone's device (where the caller put it); the cached features
+    are moved there one batch at a time.
+
     Args:
         backbone: the frozen backbone whose features are evaluated.
         train_ds, val_ds: labelled splits with the same classes (``SegmentationDataset``).
@@ -360,7 +363,8 @@ def train_segmentation(
             frozen = frozen_maps(ssr_encoder, train_ds, size, grid, cfg.feature_batch_size)
         t_frozen = time.perf_counter() - t0
 
-    # 2. the model: decoder + training-only modules, all seeded
+    # 2. the model: decoder + training-only modules, all seeded, on the backbone's device
+    device = next(backbone.parameters()).device
     torch.manual_seed(cfg.seed)
     model = SegmentationModel(
         train.features.shape[1],
@@ -371,20 +375,20 @@ def train_segmentation(
         patch_dim=cfg.patch_consistency.proj_dim,
         frozen_dim=frozen.shape[1] if frozen is not None else None,
         ssr_heads=cfg.ssr.num_heads,
-    )
-    pixel_loss = PixelContrastLoss(cfg.pixel_contrast, ignore_index)
-    patch_loss = PatchConsistencyLoss(cfg.patch_consistency)
+    ).to(device)
+    pixel_loss = PixelContrastLoss(cfg.pixel_contrast, ignore_index).to(device)
+    patch_loss = PatchConsistencyLoss(cfg.patch_consistency).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = min(cfg.warmup_steps, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, warmup))
     labels = _subsample_labels(train.labels, cfg.label_scale)
     out_size = tuple(labels.shape[-2:])
     n, batch = train.features.shape[0], min(cfg.batch_size, train.features.shape[0])
-    train_precision = resolve_precision(cfg.train_precision, "cpu")
+    train_precision = resolve_precision(cfg.train_precision, device)
 
     # 3. the training loop
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(device.type, enabled=False):
             up = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
             return F.cross_entropy(up, y, ignore_index=ignore_index)
 
@@ -404,8 +408,10 @@ def train_segmentation(
             x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
             if fz is not None:
                 fz[f] = fz[f].flip(-1)
+        x, y = x.to(device), y.to(device)
+        fz = fz.to(device) if fz is not None else None
 
-        with autocast(torch.device("cpu"), train_precision):
+        with autocast(device, train_precision):
             feats = model.stem(x)
             emb = model.body(feats)
             logits = model.classify(emb)
@@ -482,7 +488,7 @@ def train_segmentation(
             "total_s": time.perf_counter() - start,
         },
         "machine": {
-            "device": "cpu",
+            "device": str(device),
             "train_precision": train_precision.name,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
