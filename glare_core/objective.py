@@ -84,7 +84,9 @@ class ObjectiveConfig:
             boxes).
         tau_a: temperature of the cross-attention (0.1).
         region_query: query of the cross-attention: ``"student"`` (the student's region embedding, detached,
-            as section 2 describes) or ``"teacher"`` (the teacher's own region embedding of X).
+            as section 2 describes: the student's region chooses its own target among X''s teacher tokens) or
+            ``"teacher"`` (the teacher's embedding of the same window of X: the target is then chosen by the
+            teacher alone, and the student cannot move it).
         region_loss: ``"ce"`` (through the head, DINO-style), ``"infonce"`` or ``"cosine"``.
         infonce_temp: temperature of the InfoNCE region loss (0.1).
     """
