@@ -87,6 +87,10 @@ class ObjectiveConfig:
             as section 2 describes: the student's region chooses its own target among X''s teacher tokens) or
             ``"teacher"`` (the teacher's embedding of the same window of X: the target is then chosen by the
             teacher alone, and the student cannot move it).
+        region_overlap_only: give no loss to a region whose centre (the mean of its cells' centres) falls
+            outside the other view's crop box (False: every sampled region gets a target, found by the
+            cross-attention even where the other view does not show it). Such regions are masked out of the
+            mean; with none left the term is 0 (its gradient exists and is zero).
         region_loss: ``"ce"`` (through the head, DINO-style), ``"infonce"`` or ``"cosine"``.
         infonce_temp: temperature of the InfoNCE region loss (0.1).
     """
@@ -115,6 +119,7 @@ class ObjectiveConfig:
     correspondence: str = "cross_attention"
     tau_a: float = 0.1
     region_query: str = "student"
+    region_overlap_only: bool = False
     region_loss: str = "ce"
     infonce_temp: float = 0.1
 

@@ -62,6 +62,7 @@ VARIANTS = {
     "local-crossview": dict(local_variant="crossview"),
     "uniform-geometric": dict(sampling="uniform", correspondence="geometric"),
     "teacher-query": dict(region_query="teacher"),
+    "overlap-only": dict(region_overlap_only=True),
     "mask-mean": dict(patch_aug=PatchAugConfig(kind="mask_mean", selection="random")),
 }
 
@@ -363,12 +364,17 @@ def test_a_run_resumes_only_on_its_own_bank(tmp_path: Path, monkeypatch):
 
 def test_run_folders_recorded_before_the_trunk_still_match(tmp_path: Path):
     from glare_core.study.runner import check_run_config
-    from glare_core.study.store import TRAIN_ADDED, ResultFileError
+    from glare_core.study.store import OBJECTIVE_ADDED, TRAIN_ADDED, ResultFileError
 
     cfg = preset("smoke")
     old = {k: v for k, v in cfg.to_dict().items() if k not in TRAIN_ADDED}
+    old["objective"] = {k: v for k, v in old["objective"].items() if k not in OBJECTIVE_ADDED}
     (tmp_path / "config.json").write_text(json.dumps(old))
     check_run_config(tmp_path, cfg)  # the added keys' defaults reproduce the older runs
     cfg.trunk_blocks = 2
     with pytest.raises(ResultFileError, match="trunk_blocks"):
+        check_run_config(tmp_path, cfg)
+    cfg.trunk_blocks = None
+    cfg.objective.region_overlap_only = True
+    with pytest.raises(ResultFileError, match="objective"):
         check_run_config(tmp_path, cfg)

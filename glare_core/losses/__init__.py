@@ -40,6 +40,7 @@ from .regional_consistency import (
     regional_consistency,
     sample_region_centres,
     sampling_probs,
+    window_centre_inside,
     window_points,
 )
 
@@ -65,5 +66,6 @@ __all__ = [
     "regional_consistency",
     "sample_region_centres",
     "sampling_probs",
+    "window_centre_inside",
     "window_points",
 ]

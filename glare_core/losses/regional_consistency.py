@@ -19,7 +19,8 @@ project's Design (``glare-method.md`` section 2, "(R)"):
 4. *Loss* (:class:`RegionLoss`): ``"ce"``, DINO's cross-entropy through the (frozen) head with the teacher
    side centred (own centre) and sharpened; ``"infonce"``, InfoNCE across all the batch's regions;
    ``"cosine"``, the negative cosine similarity. Averaged over the regions of both directions (X -> X' and X'
-   -> X): symmetric.
+   -> X): symmetric. With ``region_overlap_only``, regions whose centre lies outside the other view
+   (:func:`window_centre_inside`, through the crop boxes) are left out of the mean.
 
 :func:`regional_consistency` is the whole term as the objective calls it: steps 1-3 for each direction
 (:func:`match_regions`), then the loss of step 4.
@@ -185,6 +186,25 @@ def window_points(
     return dst.view(B, K, kk, 2), inside.view(B, K, kk)
 
 
+def window_centre_inside(
+    windows: torch.Tensor,
+    grid: tuple[int, int],
+    box_src: torch.Tensor,
+    flip_src: torch.Tensor,
+    box_dst: torch.Tensor,
+    flip_dst: torch.Tensor,
+) -> torch.Tensor:
+    """(B, K) bool: the centre of each window of view X (the mean of its cell centres) lies inside view X'.
+
+    Arguments as :func:`window_points`.
+    """
+    h, w = grid
+    x = ((windows % w).float().mean(-1) + 0.5) / w
+    y = ((windows // w).float().mean(-1) + 0.5) / h
+    src = view_to_source(torch.stack([x, y], dim=-1), box_src.float(), flip_src)
+    return source_to_view(src, box_dst.float(), flip_dst)[1]
+
+
 def geometric_correspondence(
     windows: torch.Tensor,
     grid: tuple[int, int],
@@ -331,7 +351,7 @@ def match_regions(
         views: the crop boxes (2, B, 4) and flips (2, B) of the two views.
         pair: (a, b), the indices of the two views in ``views``.
         cfg: the :class:`~glare_core.objective.ObjectiveConfig` (``num_regions``, ``window``, ``alpha``,
-            ``sampling``, ``correspondence``, ``tau_a``, ``region_query``).
+            ``sampling``, ``correspondence``, ``tau_a``, ``region_query``, ``region_overlap_only``).
         generator: the step's generator (the region draws).
 
     Returns:
@@ -360,6 +380,8 @@ def match_regions(
         target, valid = geometric_correspondence(
             windows, grid, *geometry, teacher_other.patches, teacher_other.grid
         )
+    if cfg.region_overlap_only:  # only regions whose centre view b shows
+        valid = valid & window_centre_inside(windows, grid, *geometry)
     return region, target, valid
 
 

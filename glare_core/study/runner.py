@@ -27,7 +27,6 @@ from .stats import median
 from .store import (
     RUNTIME_KEYS,
     SCHEMA_VERSION,
-    TRAIN_ADDED,
     ResultFileError,
     cell_done,
     machine,
@@ -35,6 +34,7 @@ from .store import (
     results_path,
     save_record,
     stale_reason,
+    with_added_fields,
 )
 from .tables import Cell, Table
 from .timing import record_cell_timings, step_seconds
@@ -90,7 +90,7 @@ def check_run_config(run_dir: Path, cfg) -> None:
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not valid JSON ({e}). Fix: delete {run_dir} to start afresh.") from e
     want = cfg.to_dict()
-    saved = {**TRAIN_ADDED, **saved}
+    saved = with_added_fields(saved)
     diff = sorted(k for k in set(saved) | set(want) if k not in RUNTIME_KEYS and saved.get(k) != want.get(k))
     if diff:
         raise ResultFileError(
