@@ -265,6 +265,13 @@ class GlareObjective(nn.Module):
         and the student run blocks ``n ..`` on the clean and the corrupted tokens. Returns as
         :meth:`encode_images`."""
         net = unwrap(model)
+        if self.cfg.use_local and self.cfg.patch_aug.kind == "mask_token":
+            raise ValueError(
+                "a cached trunk batch cannot hold the 'mask_token' corruption: the learned token enters "
+                "before block 0, so its trunk output changes at every step; use another "
+                "objective.patch_aug.kind (e.g. 'mask_mean' or 'blur') or the full-depth step "
+                "(trunk_blocks=None)"
+            )
         n, grid = batch.start_block, batch.grid
         T = net.teacher_forward(batch.clean, return_attn=self._teacher_attn, start_block=n, grid=grid)
         S = model(batch.corrupted, start_block=n, grid=grid)

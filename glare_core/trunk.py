@@ -113,7 +113,8 @@ def check_trunk(cfg: TrainConfig, depth: int) -> None:
     if cfg.objective.use_local and cfg.objective.patch_aug.kind == "mask_token":
         raise ValueError(
             "trunk_blocks cannot cache the 'mask_token' corruption (its learned token enters before "
-            "block 0); use another objective.patch_aug.kind (e.g. 'mask_mean' or 'blur')"
+            "block 0, so its trunk output changes at every step); use another objective.patch_aug.kind "
+            "(e.g. 'mask_mean' or 'blur')"
         )
     if cfg.trunk_pairs < 1:
         raise ValueError(f"trunk_pairs={cfg.trunk_pairs} must be >= 1")
