@@ -4,15 +4,15 @@ Known (GLARE abstract): a regional consistency constraint that uses spatial sema
 **attention-guided region sampling** and **cross-attention region correspondence**. Everything below is this
 project's Design (``glare-method.md`` section 2, "(R)"):
 
-1. *Sampling* (:func:`sample_region_centres`): from the teacher's [CLS] -> patch attention a (B, N) of view X,
-   draw K region centres per image without replacement with probability
-   ``p_i = alpha * a_i / sum_j a_j + (1 - alpha) / N`` (alpha = 0.8; ``uniform=True`` gives 1/N, the
-   ablation).
+1. *Sampling* (:func:`sample_region_centres`, :func:`sampling_probs`): from the teacher's [CLS] -> patch
+   attention a (B, N) of view X, draw K region centres per image without replacement with probability
+   ``p_i = alpha * a_i / sum_j a_j + (1 - alpha) / N`` (alpha = 0.8; ``uniform=True``: 1/N, the ablation).
 2. *Regions* (:func:`region_windows`, :func:`pool_regions`): a region is the k x k window of cells around its
    centre (k = 3, shifted to stay inside the grid); its embedding r is the mean of the student's patch tokens
    there.
 3. *Correspondence* (:func:`cross_attention_correspondence`): parameter-free cross-attention of the region (as
-   query, detached) over the teacher's patch tokens z'_j of the other view X',
+   query, detached; ``region_query="teacher"``: the teacher's embedding of the same window) over the teacher's
+   patch tokens z'_j of the other view X',
    ``w_j = softmax_j(cos(q, z'_j) / tau_a)`` (tau_a = 0.1), retrieved ``r' = sum_j w_j z'_j``. The ablation
    :func:`geometric_correspondence` maps the window through the crop boxes and flips instead and pools the
    other view's teacher tokens there.
