@@ -32,7 +32,7 @@ Training and evaluation
                         the book reads (tables, configs, store, stats, report, figures, timing, runner)
     ``plots``           figures of predictions (segmentation maps side by side)
 
-The neighbours (the other seed methods, for comparison)
+The neighbours (``neighbours/``: the other seed methods, for comparison)
     ``segmentation``    a light decoder trained on frozen or adapted features, with optional extra terms
     ``pipa``            PiPa: pixel-wise supervised contrast and patch-wise consistency
     ``ssr``             SSR: a training-only cross-attention branch from a frozen encoder

@@ -35,14 +35,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import pipa  # noqa: F401  (importing it registers the "pipa" local variant)
-from .losses import DINOLoss, LocalInputs, RegionLoss, build_local_loss, teacher_temperature
-from .losses.regional_consistency import (
-    cross_attention_correspondence,
-    geometric_correspondence,
-    pool_regions,
-    region_windows,
-    sample_region_centres,
+from .losses import (
+    DINOLoss,
+    LocalInputs,
+    RegionLoss,
+    build_local_loss,
+    regional_consistency,
+    teacher_temperature,
 )
 from .patch_augment import PatchAugConfig, patch_augment
 from .teacher import ViewOutput, unwrap
@@ -72,9 +71,9 @@ class ObjectiveConfig:
         patch_center_momentum: EMA momentum of the local term's centre (0.9, iBOT).
         region_center_momentum: EMA momentum of the regional term's centre (0.9).
         local_variant: ``"ce"`` (iBOT patch distillation through the patch head), ``"cosine"`` (negative
-            cosine of patch tokens), ``"crossview"`` (targets from the other view through the crop boxes), or
-            any name registered with :func:`glare_core.losses.register_local_variant` (e.g. a PiPa patch
-            contrast).
+            cosine of patch tokens), ``"crossview"`` (targets from the other view through the crop boxes),
+            ``"pipa"`` (PiPa's patch contrast, :mod:`glare_core.neighbours.pipa`, imported when built) or
+            any name registered with :func:`glare_core.losses.register_local_variant`.
         local_max_patches: at most this many corrupted cells per image and view enter L_L (None: all of them);
             the cells are still all corrupted. A cap bounds the patch head's cost.
         num_regions: K regions per image and view (6).
@@ -85,7 +84,13 @@ class ObjectiveConfig:
             boxes).
         tau_a: temperature of the cross-attention (0.1).
         region_query: query of the cross-attention: ``"student"`` (the student's region embedding, detached,
-            as section 2 describes) or ``"teacher"`` (the teacher's own region embedding of X).
+            as section 2 describes: the student's region chooses its own target among X''s teacher tokens) or
+            ``"teacher"`` (the teacher's embedding of the same window of X: the target is then chosen by the
+            teacher alone, and the student cannot move it).
+        region_overlap_only: give no loss to a region whose centre (the mean of its cells' centres) falls
+            outside the other view's crop box (False: every sampled region gets a target, found by the
+            cross-attention even where the other view does not show it). Such regions are masked out of the
+            mean; with none left the term is 0 (its gradient exists and is zero).
         region_loss: ``"ce"`` (through the head, DINO-style), ``"infonce"`` or ``"cosine"``.
         infonce_temp: temperature of the InfoNCE region loss (0.1).
     """
@@ -114,6 +119,7 @@ class ObjectiveConfig:
     correspondence: str = "cross_attention"
     tau_a: float = 0.1
     region_query: str = "student"
+    region_overlap_only: bool = False
     region_loss: str = "ce"
     infonce_temp: float = 0.1
 
@@ -142,6 +148,9 @@ class GlareObjective(nn.Module):
         global_loss (:class:`~glare_core.losses.DINOLoss`), local_loss
         (:class:`~glare_core.losses.PatchDistillationLoss` or a registered variant), region_loss
         (:class:`~glare_core.losses.RegionLoss`): present when their term is on; their centres are buffers.
+        Each term's whole computation is in its module: the local loss assembles itself from
+        :class:`~glare_core.losses.LocalInputs`, the regional term is
+        :func:`~glare_core.losses.regional_consistency` (sampling, pooling, correspondence, loss).
     """
 
     def __init__(self, cfg: ObjectiveConfig | None = None):
@@ -256,6 +265,13 @@ class GlareObjective(nn.Module):
         and the student run blocks ``n ..`` on the clean and the corrupted tokens. Returns as
         :meth:`encode_images`."""
         net = unwrap(model)
+        if self.cfg.use_local and self.cfg.patch_aug.kind == "mask_token":
+            raise ValueError(
+                "a cached trunk batch cannot hold the 'mask_token' corruption: the learned token enters "
+                "before block 0, so its trunk output changes at every step; use another "
+                "objective.patch_aug.kind (e.g. 'mask_mean' or 'blur') or the full-depth step "
+                "(trunk_blocks=None)"
+            )
         n, grid = batch.start_block, batch.grid
         T = net.teacher_forward(batch.clean, return_attn=self._teacher_attn, start_block=n, grid=grid)
         S = model(batch.corrupted, start_block=n, grid=grid)
@@ -291,75 +307,18 @@ class GlareObjective(nn.Module):
             loss = loss + cfg.lambda_local * L_L
             logs["loss_local"] = float(L_L.detach())
         if self.region_loss is not None:
-            L_R = self.regional_term(net, S[:G], T, views, step, generator)
+            L_R = regional_consistency(self.region_loss, S[:G], T, views, net, step, cfg, generator)
             loss = loss + cfg.lambda_regional * L_R
             logs["loss_regional"] = float(L_R.detach())
         logs["loss"] = float(loss.detach())
-        for name, term in (
-            ("global", self.global_loss),
-            ("local", self.local_loss),
-            ("regional", self.region_loss),
-        ):
-            for key, value in getattr(
-                term, "diagnostics", {}
-            ).items():  # collapse_stats of the teacher targets
+        terms = {"global": self.global_loss, "local": self.local_loss, "regional": self.region_loss}
+        for name, term in terms.items():  # collapse_stats of each term's teacher targets
+            for key, value in getattr(term, "diagnostics", {}).items():
                 logs[f"teacher_{key}_{name}"] = value
         logs["teacher_temp"] = teacher_temperature(
             step, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_steps
         )
         return loss, logs
-
-    def regional_term(
-        self,
-        net: nn.Module,
-        S: list[ViewOutput],
-        T: list[ViewOutput],
-        views: Views,
-        step: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """L_R, symmetric: regions sampled in X are retrieved in X', and those sampled in X' in X."""
-        cfg = self.cfg
-        students, targets, valids = [], [], []
-        for a, b in ((0, 1), (1, 0)):
-            grid = S[a].grid
-            centres = sample_region_centres(
-                T[a].attn,
-                grid,
-                cfg.num_regions,
-                cfg.alpha,
-                uniform=cfg.sampling == "uniform",
-                generator=generator,
-                batch_size=S[a].patches.shape[0],
-            )
-            windows = region_windows(centres, grid, cfg.window)
-            region = pool_regions(S[a].patches, windows)  # (B, K, D) student regions, with gradients
-            if cfg.correspondence == "cross_attention":
-                query = region if cfg.region_query == "student" else pool_regions(T[a].patches, windows)
-                target, _ = cross_attention_correspondence(query.detach(), T[b].patches, cfg.tau_a)
-                valid = torch.ones(region.shape[:2], dtype=torch.bool, device=region.device)
-            else:
-                target, valid = geometric_correspondence(
-                    windows,
-                    grid,
-                    views.boxes[a],
-                    views.flips[a],
-                    views.boxes[b],
-                    views.flips[b],
-                    T[b].patches,
-                    T[b].grid,
-                )
-            students.append(region)
-            targets.append(target)
-            valids.append(valid)
-        return self.region_loss(
-            torch.cat(students),
-            torch.cat(targets),
-            torch.cat(valids),
-            net.student_patch_head,
-            net.teacher_patch_head,
-            step,
-        )
 
     def _check(self, net: nn.Module) -> None:
         p, cfg = net.patch_size, self.cfg

@@ -14,7 +14,9 @@ the first blocks for speed (Design, this project's; GLARE's paper does not do it
   tokens after block ``n - 1``, (P + N, D) with the [CLS] token, for the clean view (the teacher's input)
   *and* for its patch-corrupted copy (the student's input, the objective's patch augmentation, its cell mask
   kept). The local and regional terms therefore work unchanged: they read patch tokens, masks, the teacher's
-  [CLS] attention (computed in the last block, which is never in the trunk) and crop boxes.
+  [CLS] attention (computed in the last block, which is never in the trunk) and crop boxes. Every pixel-level
+  corruption (blur, mean colour, noise, jitter) is cached this way; the learned mask token is not (it enters
+  before block 0 and changes as it trains), so :func:`check_trunk` refuses ``"mask_token"``.
 * Each step reads a batch of bank entries and runs only blocks ``n .. depth - 1`` (with adapters) for the
   teacher (clean tokens) and the student (corrupted tokens, forward and backward), the heads and the same
   losses: :meth:`~glare_core.objective.GlareObjective.encode_cached`, then the shared
@@ -113,7 +115,8 @@ def check_trunk(cfg: TrainConfig, depth: int) -> None:
     if cfg.objective.use_local and cfg.objective.patch_aug.kind == "mask_token":
         raise ValueError(
             "trunk_blocks cannot cache the 'mask_token' corruption (its learned token enters before "
-            "block 0); use another objective.patch_aug.kind (e.g. 'mask_mean' or 'blur')"
+            "block 0, so its trunk output changes at every step); use another objective.patch_aug.kind "
+            "(e.g. 'mask_mean' or 'blur')"
         )
     if cfg.trunk_pairs < 1:
         raise ValueError(f"trunk_pairs={cfg.trunk_pairs} must be >= 1")

@@ -381,8 +381,8 @@ def test_neighbours_grid_and_adapter_source():
 
 
 def test_inference_parameter_check_counts_the_decoder_only():
+    from glare_core.neighbours.ssr import SSRFusion
     from glare_core.probe import DecoderProbe
-    from glare_core.ssr import SSRFusion
 
     decoder = sum(p.numel() for p in DecoderProbe(24, 5, 16).parameters())
     ssr = sum(p.numel() for p in SSRFusion(16, 12, 4).parameters())

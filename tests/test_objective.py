@@ -42,6 +42,7 @@ VARIANTS = {
     "mask-token": dict(patch_aug=PatchAugConfig(kind="mask_token")),
     "uniform-geometric": dict(sampling="uniform", correspondence="geometric"),
     "teacher-query": dict(region_query="teacher"),
+    "overlap-only": dict(region_overlap_only=True),
     "infonce": dict(region_loss="infonce"),
     "region-cosine": dict(region_loss="cosine"),
     "local-crops": dict(views=ViewConfig(global_size=48, n_local=2, local_size=32)),

@@ -3,7 +3,10 @@
 
 import json
 import math
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +14,7 @@ import torch.nn.functional as F
 
 from glare_core.backbone import create_backbone
 from glare_core.heads import HeadConfig
-from glare_core.objective import GlareObjective, ObjectiveConfig
-from glare_core.pipa import (
+from glare_core.neighbours.pipa import (
     FeatureQueue,
     PatchConsistencyConfig,
     PatchConsistencyLoss,
@@ -24,7 +26,8 @@ from glare_core.pipa import (
     sample_anchors,
     supervised_pixel_contrast,
 )
-from glare_core.pipa.patch_consistency import crop
+from glare_core.neighbours.pipa.patch_consistency import crop
+from glare_core.objective import GlareObjective, ObjectiveConfig
 from glare_core.runs import load_checkpoint
 from glare_core.teacher import StudentTeacher, StudentTeacherConfig
 from glare_core.views import ViewConfig
@@ -201,24 +204,22 @@ def test_confidence_threshold_masks_low_confidence_positions():
 
 
 # ------------------------------------------------------------------ the "pipa" local variant (pre-training)
-def test_importing_the_objective_registers_pipa(monkeypatch):
-    """A fresh copy of glare_core/objective.py, run while glare_core.pipa is not imported, registers it."""
-    import importlib.util
-
-    import glare_core
-    import glare_core.objective
-    from glare_core.losses import LOCAL_VARIANTS
-
-    monkeypatch.setitem(LOCAL_VARIANTS, "pipa", LOCAL_VARIANTS["pipa"])  # every change is undone afterwards
-    del LOCAL_VARIANTS["pipa"]
-    for name in [m for m in sys.modules if m.startswith("glare_core.pipa")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.delattr(glare_core, "pipa")
-    spec = importlib.util.spec_from_file_location("glare_core._objective_copy", glare_core.objective.__file__)
-    copy = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, copy)
-    spec.loader.exec_module(copy)
-    assert "pipa" in LOCAL_VARIANTS
+def test_the_objective_imports_pipa_only_to_build_its_variant():
+    """glare_core.objective does not import PiPa; asking for local_variant="pipa" imports and registers it."""
+    code = (
+        "import sys\n"
+        "from glare_core.losses import LOCAL_VARIANTS\n"
+        "from glare_core.objective import GlareObjective, ObjectiveConfig\n"
+        "assert not [m for m in sys.modules if 'pipa' in m], sorted(m for m in sys.modules if 'pipa' in m)\n"
+        "assert 'pipa' not in LOCAL_VARIANTS\n"
+        "objective = GlareObjective(ObjectiveConfig(local_variant='pipa'))\n"
+        "from glare_core.neighbours.pipa import PiPaLocalLoss\n"
+        "assert isinstance(objective.local_loss, PiPaLocalLoss) and 'pipa' in LOCAL_VARIANTS\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 def test_pipa_local_variant_runs_through_the_objective_with_gradients_only_on_trained_tensors():

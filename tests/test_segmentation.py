@@ -9,10 +9,10 @@ import torch
 
 from glare_core.backbone import create_backbone
 from glare_core.data import build_dataset
-from glare_core.pipa import PatchConsistencyConfig
+from glare_core.neighbours.pipa import PatchConsistencyConfig
+from glare_core.neighbours.segmentation import SegTrainConfig, _batch_indices, train_segmentation
+from glare_core.neighbours.ssr import SSRConfig
 from glare_core.probe import DecoderProbe
-from glare_core.segmentation import SegTrainConfig, _batch_indices, train_segmentation
-from glare_core.ssr import SSRConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -55,6 +55,7 @@ def test_each_extra_term_trains_and_returns_finite_metrics(setup, name):
     assert result["parameters"]["inference"] == sum(p.numel() for p in decoder.parameters())
     assert result["extra_terms"] == list(TERM_SETS[name])
     assert result["timings"]["step_s"] > 0
+    assert result["machine"]["device"] == str(next(backbone.parameters()).device)  # the decoder's device
 
 
 def test_zero_weight_terms_leave_the_decoder_exactly_as_without_them(setup):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from glare_core.segmentation import SegmentationModel, frozen_bn_stats
-from glare_core.ssr import SSRFusion, load_sam_encoder
+from glare_core.neighbours.segmentation import SegmentationModel, frozen_bn_stats
+from glare_core.neighbours.ssr import SSRFusion, load_sam_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -35,11 +35,11 @@ HEAD = HeadConfig(out_dim=64, hidden_dim=48, bottleneck_dim=16)
 N = 3  # trunk blocks of the 6-block test ViT
 
 
-def model(trunk_blocks: int = N, tuning: str = "adapter") -> StudentTeacher:
+def model(trunk_blocks: int = N, tuning: str = "adapter", head: HeadConfig = HEAD) -> StudentTeacher:
     """The tiny ViT with non-zero adapters (student and teacher different), so the tail's adapters matter."""
     torch.manual_seed(0)
     b = create_backbone("test_vit").requires_grad_(False).eval()
-    m = StudentTeacher(b, StudentTeacherConfig(tuning=tuning, rank=8, head=HEAD, trunk_blocks=trunk_blocks))
+    m = StudentTeacher(b, StudentTeacherConfig(tuning=tuning, rank=8, head=head, trunk_blocks=trunk_blocks))
     with torch.no_grad():
         for p in m.parameters():
             if p.requires_grad:
@@ -62,7 +62,18 @@ VARIANTS = {
     "local-crossview": dict(local_variant="crossview"),
     "uniform-geometric": dict(sampling="uniform", correspondence="geometric"),
     "teacher-query": dict(region_query="teacher"),
+    "overlap-only": dict(region_overlap_only=True),
     "mask-mean": dict(patch_aug=PatchAugConfig(kind="mask_mean", selection="random")),
+    # every corruption the bank can hold (blur is the default above; mask_token is refused, see below)
+    "noise": dict(patch_aug=PatchAugConfig(kind="noise")),
+    "jitter": dict(patch_aug=PatchAugConfig(kind="jitter")),
+    "strong-noise": dict(patch_aug=PatchAugConfig(kind="noise", noise_std=0.5, ratio=(0.4, 0.7))),
+    "strong-mask-mean": dict(patch_aug=PatchAugConfig(kind="mask_mean", ratio=0.6)),
+    # the weights of the terms, and a patch head of its own for L and R
+    "lambdas": dict(lambda_global=0.5, lambda_local=2.0, lambda_regional=0.25),
+    "separate-patch-head": dict(
+        head=HeadConfig(out_dim=64, hidden_dim=48, bottleneck_dim=16, separate_patch_head=True)
+    ),
 }
 
 
@@ -113,9 +124,11 @@ def test_losses_and_gradients_match_the_full_depth_objective(variant):
     """Same views (one generator), same model: the objective on cached float32 trunk tokens gives the loss,
     every term and every gradient of the full-depth objective; fp16 storage only rounds."""
     images = torch.rand(3, 3, 64, 64)
+    kw = dict(VARIANTS[variant])
+    head = kw.pop("head", HEAD)
     results = {}
     for path in ("full", "fp32", "fp16"):
-        m, obj = model(), objective(**VARIANTS[variant])
+        m, obj = model(head=head), objective(**kw)
         g = torch.Generator().manual_seed(7)
         if path == "full":
             loss, logs = obj(m, images, step=2, generator=g)
@@ -140,6 +153,16 @@ def test_losses_and_gradients_match_the_full_depth_objective(variant):
             assert ((grads[k] - grads_c[k]).abs().max() / scale) <= gtol, (path, k)
         for k in centres:
             torch.testing.assert_close(centres_c[k], centres[k], rtol=tol, atol=tol)
+
+
+def test_the_mask_token_corruption_is_refused_on_cached_tokens():
+    """The learned mask token enters before block 0: the bank cannot hold its trunk output (it changes with
+    the token), so a trunk batch with it is refused, with the kinds that work named."""
+    m = model()
+    obj = objective(patch_aug=PatchAugConfig(kind="mask_token"))
+    views, Xs, masks, _ = obj.prepare_views(torch.rand(2, 3, 64, 64), m.patch_size, torch.Generator())
+    with pytest.raises(ValueError, match="'mask_token'.*before block 0.*'mask_mean' or 'blur'"):
+        obj(m, cached_batch(m, views, Xs, masks), step=0)
 
 
 def test_bank_entries_are_the_objectives_views_through_the_trunk():
@@ -363,12 +386,17 @@ def test_a_run_resumes_only_on_its_own_bank(tmp_path: Path, monkeypatch):
 
 def test_run_folders_recorded_before_the_trunk_still_match(tmp_path: Path):
     from glare_core.study.runner import check_run_config
-    from glare_core.study.store import TRAIN_ADDED, ResultFileError
+    from glare_core.study.store import OBJECTIVE_ADDED, TRAIN_ADDED, ResultFileError
 
     cfg = preset("smoke")
     old = {k: v for k, v in cfg.to_dict().items() if k not in TRAIN_ADDED}
+    old["objective"] = {k: v for k, v in old["objective"].items() if k not in OBJECTIVE_ADDED}
     (tmp_path / "config.json").write_text(json.dumps(old))
     check_run_config(tmp_path, cfg)  # the added keys' defaults reproduce the older runs
     cfg.trunk_blocks = 2
     with pytest.raises(ResultFileError, match="trunk_blocks"):
+        check_run_config(tmp_path, cfg)
+    cfg.trunk_blocks = None
+    cfg.objective.region_overlap_only = True
+    with pytest.raises(ResultFileError, match="objective"):
         check_run_config(tmp_path, cfg)

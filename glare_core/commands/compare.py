@@ -1,8 +1,8 @@
 """Compare PiPa's and SSR's training-only terms with the plain light decoder, on one frozen backbone.
 
-Every variant trains the same light decoder (``glare_core.segmentation``) on the same cached frozen features,
-with the same seed, resolution and steps; only the extra training terms differ, and every variant predicts
-with the decoder alone (no inference overhead):
+Every variant trains the same light decoder (``glare_core.neighbours.segmentation``) on the same cached frozen
+features, with the same seed, resolution and steps; only the extra training terms differ, and every variant
+predicts with the decoder alone (no inference overhead):
 
   decoder     cross-entropy only
   pipa        + PiPa pixel contrast (0.1) + patch consistency (0.01)
@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):
     from glare_core.features import parse_size
-    from glare_core.segmentation import SegTrainConfig
+    from glare_core.neighbours.segmentation import SegTrainConfig
 
     overrides = {}
     if args.size is not None:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     from glare_core.data import build_dataset
     from glare_core.evaluation import apply_adapter_and_record, load_backbone, save_result
-    from glare_core.segmentation import train_segmentation
+    from glare_core.neighbours.segmentation import train_segmentation
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             if args.ssr_encoder == "base":
                 encoder = load_backbone(args.base) if adapter else None  # without adapter: the same features
             elif args.ssr_encoder != "backbone":
-                from glare_core.ssr import load_sam_encoder
+                from glare_core.neighbours.ssr import load_sam_encoder
 
                 encoder = load_sam_encoder(args.ssr_encoder)
     except (FileNotFoundError, ValueError, RuntimeError) as err:

@@ -1,17 +1,17 @@
 """GLARE's three consistency losses, one module each (``glare-method.md`` section 2).
 
-=============================  ======================================================================
-module                         loss
-=============================  ======================================================================
-``global_consistency``         (G) DINO's cross-view [CLS] self-distillation, :class:`DINOLoss`
-``local_consistency``          (L) iBOT-style patch distillation on corrupted cells,
-                               :class:`PatchDistillationLoss`
-``regional_consistency``       (R) attention-guided regions and cross-attention correspondence,
-                               :class:`RegionLoss`
-=============================  ======================================================================
+========================  ====  ==============================================================================
+module                    term  what it computes
+========================  ====  ==============================================================================
+``global_consistency``    G     DINO's cross-view [CLS] self-distillation, :class:`DINOLoss`
+``local_consistency``     L     iBOT patch distillation at the corrupted cells, :class:`PatchDistillationLoss`
+``regional_consistency``  R     regions matched across views by cross-attention, :func:`regional_consistency`
+========================  ====  ==============================================================================
 
-Each loss records DINO's collapse diagnostics of its teacher targets after every call
-(``loss.diagnostics``, :func:`collapse_stats`).
+Each module holds its term's whole computation: :class:`PatchDistillationLoss` assembles itself from
+:class:`LocalInputs`; :func:`regional_consistency` samples, pools and matches the regions of both directions
+and calls :class:`RegionLoss`. Each loss records DINO's collapse diagnostics of its teacher targets after
+every call (``loss.diagnostics``, :func:`collapse_stats`).
 """
 
 from .global_consistency import (
@@ -24,6 +24,7 @@ from .global_consistency import (
 )
 from .local_consistency import (
     LOCAL_VARIANTS,
+    PACKAGED_VARIANTS,
     LocalInputs,
     PatchDistillationLoss,
     build_local_loss,
@@ -33,9 +34,14 @@ from .regional_consistency import (
     RegionLoss,
     cross_attention_correspondence,
     geometric_correspondence,
+    match_regions,
     pool_regions,
     region_windows,
+    regional_consistency,
     sample_region_centres,
+    sampling_probs,
+    window_centre_inside,
+    window_points,
 )
 
 __all__ = [
@@ -46,6 +52,7 @@ __all__ = [
     "collapse_stats",
     "soft_cross_entropy",
     "LOCAL_VARIANTS",
+    "PACKAGED_VARIANTS",
     "LocalInputs",
     "PatchDistillationLoss",
     "build_local_loss",
@@ -53,7 +60,12 @@ __all__ = [
     "RegionLoss",
     "cross_attention_correspondence",
     "geometric_correspondence",
+    "match_regions",
     "pool_regions",
     "region_windows",
+    "regional_consistency",
     "sample_region_centres",
+    "sampling_probs",
+    "window_centre_inside",
+    "window_points",
 ]

@@ -21,12 +21,15 @@ ViT.
 Variants (``variant``): ``"ce"`` (default, above); ``"cosine"`` (negative cosine similarity of the
 L2-normalised backbone patch tokens, no head); ``"crossview"`` (the target of a corrupted cell of view u is
 the teacher's token of the other view at the same source-image location, found through the crop boxes and
-bilinearly interpolated; cells outside the other view are skipped). Further variants (e.g. PiPa's patch
-contrast) register a factory with :func:`register_local_variant` and receive the same :class:`LocalInputs`.
+bilinearly interpolated; cells outside the other view are skipped). Further variants register a factory
+with :func:`register_local_variant` and receive the same :class:`LocalInputs`; a variant that lives with its
+method (PiPa's patch contrast, ``"pipa"``, in :mod:`glare_core.neighbours.pipa`) is named in
+:data:`PACKAGED_VARIANTS`, and its module, which registers it, is imported when the variant is first built.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +198,9 @@ class PatchDistillationLoss(nn.Module):
 #: ``forward(inputs: LocalInputs) -> Tensor`` returns the scalar loss (and updates its own state).
 LOCAL_VARIANTS: dict[str, Callable[[Any], nn.Module]] = {}
 
+#: Variants that live with their method: name -> the module that registers it when imported (on first use).
+PACKAGED_VARIANTS = {"pipa": "glare_core.neighbours.pipa"}
+
 
 def register_local_variant(name: str, factory: Callable[[Any], nn.Module]) -> None:
     """Make ``ObjectiveConfig(local_variant=name)`` build its local term with ``factory(cfg)``."""
@@ -215,7 +221,9 @@ def build_local_loss(cfg: Any) -> nn.Module:
             center_momentum=cfg.patch_center_momentum,
             max_patches=cfg.local_max_patches,
         )
+    if cfg.local_variant not in LOCAL_VARIANTS and cfg.local_variant in PACKAGED_VARIANTS:
+        importlib.import_module(PACKAGED_VARIANTS[cfg.local_variant])  # registers the variant
     if cfg.local_variant in LOCAL_VARIANTS:
         return LOCAL_VARIANTS[cfg.local_variant](cfg)
-    known = PATCH_VARIANTS + tuple(LOCAL_VARIANTS)
+    known = PATCH_VARIANTS + tuple(sorted(set(LOCAL_VARIANTS) | set(PACKAGED_VARIANTS)))
     raise ValueError(f"ObjectiveConfig.local_variant={cfg.local_variant!r}; choose one of {known}")

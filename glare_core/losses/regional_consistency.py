@@ -4,31 +4,38 @@ Known (GLARE abstract): a regional consistency constraint that uses spatial sema
 **attention-guided region sampling** and **cross-attention region correspondence**. Everything below is this
 project's Design (``glare-method.md`` section 2, "(R)"):
 
-1. *Sampling* (:func:`sample_region_centres`): from the teacher's [CLS] -> patch attention a (B, N) of view X,
-   draw K region centres per image without replacement with probability
-   ``p_i = alpha * a_i / sum_j a_j + (1 - alpha) / N`` (alpha = 0.8; ``uniform=True`` gives 1/N, the
-   ablation).
+1. *Sampling* (:func:`sample_region_centres`, :func:`sampling_probs`): from the teacher's [CLS] -> patch
+   attention a (B, N) of view X, draw K region centres per image without replacement with probability
+   ``p_i = alpha * a_i / sum_j a_j + (1 - alpha) / N`` (alpha = 0.8; ``uniform=True``: 1/N, the ablation).
 2. *Regions* (:func:`region_windows`, :func:`pool_regions`): a region is the k x k window of cells around its
    centre (k = 3, shifted to stay inside the grid); its embedding r is the mean of the student's patch tokens
    there.
 3. *Correspondence* (:func:`cross_attention_correspondence`): parameter-free cross-attention of the region (as
-   query, detached) over the teacher's patch tokens z'_j of the other view X',
+   query, detached; ``region_query="teacher"``: the teacher's embedding of the same window) over the teacher's
+   patch tokens z'_j of the other view X',
    ``w_j = softmax_j(cos(q, z'_j) / tau_a)`` (tau_a = 0.1), retrieved ``r' = sum_j w_j z'_j``. The ablation
    :func:`geometric_correspondence` maps the window through the crop boxes and flips instead and pools the
    other view's teacher tokens there.
 4. *Loss* (:class:`RegionLoss`): ``"ce"``, DINO's cross-entropy through the (frozen) head with the teacher
    side centred (own centre) and sharpened; ``"infonce"``, InfoNCE across all the batch's regions;
    ``"cosine"``, the negative cosine similarity. Averaged over the regions of both directions (X -> X' and X'
-   -> X): symmetric.
+   -> X): symmetric. With ``region_overlap_only``, regions whose centre lies outside the other view
+   (:func:`window_centre_inside`, through the crop boxes) are left out of the mean.
+
+:func:`regional_consistency` is the whole term as the objective calls it: steps 1-3 for each direction
+(:func:`match_regions`), then the loss of step 4.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..views import source_to_view, view_to_source
+from ..views import Views, source_to_view, view_to_source
 from .global_consistency import (
     Centering,
     centred_softmax,
@@ -37,12 +44,30 @@ from .global_consistency import (
     teacher_temperature,
 )
 
+if TYPE_CHECKING:
+    from ..backbone import BackboneOutput
+
 REGION_LOSSES = ("ce", "infonce", "cosine")
 
 
 def _float32(*tensors: torch.Tensor):
     """The tensors in float32, to be used under ``torch.autocast(enabled=False)``."""
     return tuple(t.float() for t in tensors)
+
+
+def sampling_probs(attn: torch.Tensor, alpha: float = 0.8) -> torch.Tensor:
+    """The attention-guided sampling distribution ``p_i = alpha * a_i / sum_j a_j + (1 - alpha) / N``.
+
+    Args:
+        attn: (B, N) non-negative [CLS] attention of the teacher (negative values are clamped to 0).
+        alpha: weight of the attention in the mixture (0.8; 0 gives the uniform 1/N).
+
+    Returns:
+        (B, N) float32 probabilities (each row sums to 1).
+    """
+    a = attn.detach().float().clamp(min=0)
+    a = a / a.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return alpha * a + (1 - alpha) / a.shape[1]
 
 
 def sample_region_centres(
@@ -76,9 +101,7 @@ def sample_region_centres(
         B = attn.shape[0] if attn is not None else batch_size
         probs = torch.full((B, N), 1.0 / N, device=device)
     else:
-        a = attn.detach().float().clamp(min=0).to(device)
-        a = a / a.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        probs = alpha * a + (1 - alpha) / N
+        probs = sampling_probs(attn.to(device), alpha)
     centres = torch.multinomial(probs, num_regions, replacement=False, generator=generator)
     return centres.to(attn.device if attn is not None else device)
 
@@ -136,6 +159,52 @@ def cross_attention_correspondence(
         return weights @ z, weights
 
 
+def window_points(
+    windows: torch.Tensor,
+    grid: tuple[int, int],
+    box_src: torch.Tensor,
+    flip_src: torch.Tensor,
+    box_dst: torch.Tensor,
+    flip_dst: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the cell centres of view X's windows land in view X' (through the source image).
+
+    Args:
+        windows: (B, K, k*k) cell indices in view X's grid ``grid`` (h, w).
+        box_src, flip_src: (B, 4), (B,) crop box and flip of X; box_dst, flip_dst: those of X'.
+
+    Returns:
+        points (B, K, k*k, 2) (x, y) in X''s [0, 1] coordinates (float32) and inside (B, K, k*k) bool (the
+        cell's centre lies in X').
+    """
+    h, w = grid
+    B, K, kk = windows.shape
+    x = ((windows % w).float() + 0.5) / w
+    y = ((windows // w).float() + 0.5) / h
+    pts = torch.stack([x, y], dim=-1).view(B, K * kk, 2)
+    dst, inside = source_to_view(view_to_source(pts, box_src.float(), flip_src), box_dst.float(), flip_dst)
+    return dst.view(B, K, kk, 2), inside.view(B, K, kk)
+
+
+def window_centre_inside(
+    windows: torch.Tensor,
+    grid: tuple[int, int],
+    box_src: torch.Tensor,
+    flip_src: torch.Tensor,
+    box_dst: torch.Tensor,
+    flip_dst: torch.Tensor,
+) -> torch.Tensor:
+    """(B, K) bool: the centre of each window of view X (the mean of its cell centres) lies inside view X'.
+
+    Arguments as :func:`window_points`.
+    """
+    h, w = grid
+    x = ((windows % w).float().mean(-1) + 0.5) / w
+    y = ((windows // w).float().mean(-1) + 0.5) / h
+    src = view_to_source(torch.stack([x, y], dim=-1), box_src.float(), flip_src)
+    return source_to_view(src, box_dst.float(), flip_dst)[1]
+
+
 def geometric_correspondence(
     windows: torch.Tensor,
     grid: tuple[int, int],
@@ -160,22 +229,17 @@ def geometric_correspondence(
     Returns:
         retrieved (B, K, D) float32 and valid (B, K) bool (at least one cell of the window is inside X').
     """
-    h, w = grid
     B, K, kk = windows.shape
     with torch.autocast(device_type=tokens_dst.device.type, enabled=False):
-        x = ((windows % w).float() + 0.5) / w
-        y = ((windows // w).float() + 0.5) / h
-        pts = torch.stack([x, y], dim=-1).view(B, K * kk, 2)
-        src = view_to_source(pts, box_src.float(), flip_src)
-        dst, inside = source_to_view(src, box_dst.float(), flip_dst)
+        dst, inside = window_points(windows, grid, box_src, flip_src, box_dst, flip_dst)
         hd, wd = grid_dst
         fmap = tokens_dst.float().transpose(1, 2).reshape(B, -1, hd, wd)
-        grid_pts = (dst * 2 - 1)[:, :, None, :]
+        grid_pts = (dst.view(B, K * kk, 2) * 2 - 1)[:, :, None, :]
         sampled = F.grid_sample(fmap, grid_pts, mode="bilinear", padding_mode="border", align_corners=False)
         sampled = sampled[..., 0].transpose(1, 2).view(B, K, kk, -1)
-        weight = inside.view(B, K, kk, 1).float()
+        weight = inside[..., None].float()
         retrieved = (sampled * weight).sum(2) / weight.sum(2).clamp(min=1)
-        return retrieved, inside.view(B, K, kk).any(-1)
+        return retrieved, inside.any(-1)
 
 
 class RegionLoss(nn.Module):
@@ -266,3 +330,101 @@ class RegionLoss(nn.Module):
                 return -(s_n * t_n).sum(-1).mean()
             logits = s_n @ t_n.T / self.infonce_temp
             return F.cross_entropy(logits, torch.arange(len(s_n), device=s.device))
+
+
+# ---------------------------------------------------------------------------- the term, assembled
+def match_regions(
+    student: BackboneOutput,
+    teacher: BackboneOutput,
+    teacher_other: BackboneOutput,
+    views: Views,
+    pair: tuple[int, int],
+    cfg: Any,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One direction of L_R: regions sampled in view a (steps 1-2) and their targets in view b (step 3).
+
+    Args:
+        student: the student's output of view a: ``patches`` (B, N, D) on ``grid`` (h, w).
+        teacher: the teacher's output of view a: ``attn`` (B, N) (None for uniform sampling), ``patches``.
+        teacher_other: the teacher's output of view b: ``patches`` (B, N', D) on ``grid``.
+        views: the crop boxes (2, B, 4) and flips (2, B) of the two views.
+        pair: (a, b), the indices of the two views in ``views``.
+        cfg: the :class:`~glare_core.objective.ObjectiveConfig` (``num_regions``, ``window``, ``alpha``,
+            ``sampling``, ``correspondence``, ``tau_a``, ``region_query``, ``region_overlap_only``).
+        generator: the step's generator (the region draws).
+
+    Returns:
+        student regions (B, K, D) with gradients, targets (B, K, D) and valid (B, K) bool (the regions that
+        enter the loss).
+    """
+    a, b = pair
+    grid = student.grid
+    centres = sample_region_centres(
+        teacher.attn,
+        grid,
+        cfg.num_regions,
+        cfg.alpha,
+        uniform=cfg.sampling == "uniform",
+        generator=generator,
+        batch_size=student.patches.shape[0],
+    )
+    windows = region_windows(centres, grid, cfg.window)
+    region = pool_regions(student.patches, windows)  # (B, K, D) student regions, with gradients
+    geometry = (views.boxes[a], views.flips[a], views.boxes[b], views.flips[b])
+    if cfg.correspondence == "cross_attention":
+        query = region if cfg.region_query == "student" else pool_regions(teacher.patches, windows)
+        target, _ = cross_attention_correspondence(query.detach(), teacher_other.patches, cfg.tau_a)
+        valid = torch.ones(region.shape[:2], dtype=torch.bool, device=region.device)
+    else:
+        target, valid = geometric_correspondence(
+            windows, grid, *geometry, teacher_other.patches, teacher_other.grid
+        )
+    if cfg.region_overlap_only:  # only regions whose centre view b shows
+        valid = valid & window_centre_inside(windows, grid, *geometry)
+    return region, target, valid
+
+
+def regional_consistency(
+    loss: RegionLoss,
+    students: Sequence[BackboneOutput],
+    teachers: Sequence[BackboneOutput],
+    views: Views,
+    model: Any,
+    step: int,
+    cfg: Any,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L_R, symmetric: regions sampled in X are retrieved in X', and those sampled in X' in X.
+
+    Args:
+        loss: the term's :class:`RegionLoss` (its centre is the term's state).
+        students: the student's outputs of the two (patch-corrupted) global views.
+        teachers: the teacher's outputs of the two clean global views.
+        views: their crop boxes and flips (:class:`~glare_core.views.Views`).
+        model: the unwrapped :class:`~glare_core.teacher.StudentTeacher` (``student_patch_head``,
+            ``teacher_patch_head``).
+        step: optimiser step (temperature warm-up).
+        cfg: the :class:`~glare_core.objective.ObjectiveConfig` (see :func:`match_regions`).
+        generator: the step's generator.
+
+    Returns:
+        Scalar float32 loss over the valid regions of both directions (updates the centre for ``"ce"``).
+    """
+    regions, targets, valids = [], [], []
+    for pair in ((0, 1), (1, 0)):
+        a, b = pair
+        region, target, valid = match_regions(
+            students[a], teachers[a], teachers[b], views, pair, cfg, generator
+        )
+        regions.append(region)
+        targets.append(target)
+        valids.append(valid)
+    return loss(
+        torch.cat(regions),
+        torch.cat(targets),
+        torch.cat(valids),
+        model.student_patch_head,
+        model.teacher_patch_head,
+        step,
+    )

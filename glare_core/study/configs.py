@@ -2,8 +2,8 @@
 
 Each function reads a :class:`glare_core.study.tables.Cell` and returns the library's own config object
 (:class:`glare_core.config.TrainConfig`, :class:`glare_core.evaluation.ProbeConfig`,
-:class:`glare_core.segmentation.SegTrainConfig`); :func:`cost_key` names what a pre-training step's time
-depends on. The library modules are imported inside the functions, so that reading results (``glare
+:class:`glare_core.neighbours.segmentation.SegTrainConfig`); :func:`cost_key` names what a pre-training step's
+time depends on. The library modules are imported inside the functions, so that reading results (``glare
 experiment list``, the book's result chapters) does not import torch.
 """
 
@@ -48,9 +48,10 @@ def probe_config(cell: Cell):
 
 
 def seg_config(cell: Cell):
-    """The light-decoder protocol of a segmentation cell (:class:`glare_core.segmentation.SegTrainConfig`):
-    the table's fields, the dataset's size, the cell's seed; progress bars off."""
-    from ..segmentation import SegTrainConfig
+    """The light-decoder protocol of a segmentation cell
+    (:class:`glare_core.neighbours.segmentation.SegTrainConfig`): the table's fields, the dataset's size, the
+    cell's seed; progress bars off."""
+    from ..neighbours.segmentation import SegTrainConfig
 
     values = dict(cell.table.segmentation)
     smoke = bool(values.pop("smoke", False))

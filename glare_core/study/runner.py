@@ -27,7 +27,6 @@ from .stats import median
 from .store import (
     RUNTIME_KEYS,
     SCHEMA_VERSION,
-    TRAIN_ADDED,
     ResultFileError,
     cell_done,
     machine,
@@ -35,6 +34,7 @@ from .store import (
     results_path,
     save_record,
     stale_reason,
+    with_added_fields,
 )
 from .tables import Cell, Table
 from .timing import record_cell_timings, step_seconds
@@ -90,7 +90,7 @@ def check_run_config(run_dir: Path, cfg) -> None:
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not valid JSON ({e}). Fix: delete {run_dir} to start afresh.") from e
     want = cfg.to_dict()
-    saved = {**TRAIN_ADDED, **saved}
+    saved = with_added_fields(saved)
     diff = sorted(k for k in set(saved) | set(want) if k not in RUNTIME_KEYS and saved.get(k) != want.get(k))
     if diff:
         raise ResultFileError(
@@ -238,10 +238,11 @@ def inference_parameter_check(
     pixel_dim: int = 128,
     patch_dim: int = 128,
 ) -> dict[str, Any]:
-    """Which parameters the inference path of :class:`glare_core.segmentation.SegmentationModel` uses.
+    """Which parameters the inference path of :class:`~glare_core.neighbours.segmentation.SegmentationModel`
+    uses.
 
     Builds the model with the row's training-only modules, runs its inference ``forward`` (the path
-    :func:`glare_core.segmentation.train_segmentation` evaluates) on a random (1, C, 4, 4) map,
+    :func:`glare_core.neighbours.segmentation.train_segmentation` evaluates) on a random (1, C, 4, 4) map,
     back-propagates the sum of the logits and counts the parameters that receive a gradient: those are every
     parameter inference depends on. For PiPa and SSR, ``training_only_used_at_inference`` must be 0 and
     ``inference`` must equal ``decoder`` (the same count as the plain decoder's).
@@ -253,7 +254,7 @@ def inference_parameter_check(
     """
     import torch
 
-    from ..segmentation import SegmentationModel
+    from ..neighbours.segmentation import SegmentationModel
 
     model = SegmentationModel(
         in_dim,
@@ -295,7 +296,7 @@ def run_segmentation_cell(
     import torch
 
     from ..config import preset
-    from ..segmentation import train_segmentation
+    from ..neighbours.segmentation import train_segmentation
     from ..teacher import apply_adapter
     from ..weights import load_base
 

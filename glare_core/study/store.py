@@ -130,6 +130,17 @@ TRAIN_ADDED = {
     "trunk_seed": 0,
     "trunk_storage": "fp16",
 }
+#: Objective fields (``objective.*``) added after runs were recorded, read the same way.
+OBJECTIVE_ADDED = {"region_overlap_only": False}
+
+
+def with_added_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """A recorded training config with the fields added since (:data:`TRAIN_ADDED`,
+    :data:`OBJECTIVE_ADDED`) set to the values that reproduce it, where it lacks them."""
+    saved = {**TRAIN_ADDED, **saved}
+    if isinstance(saved.get("objective"), dict):
+        saved["objective"] = {**OBJECTIVE_ADDED, **saved["objective"]}
+    return saved
 
 
 #: Recorded config keys that do not change a cell's numbers (compared by :func:`stale_reason`). The precision
@@ -171,7 +182,7 @@ def stale_reason(cell: Cell, results_dir: Path, smoke: bool = False) -> str | No
             return "probe " + ", ".join(f"{k}={got.get(k)!r} (now {want[k]!r})" for k in diff)
     if cell.row.pretrain:
         want_t = train_config(adapter_cell(cell, smoke), smoke).to_dict()
-        got_t = {**TRAIN_ADDED, **(record["config"].get("train") or {})}
+        got_t = with_added_fields(record["config"].get("train") or {})
         diff = sorted(k for k in want_t if k not in RUNTIME_KEYS and got_t.get(k) != want_t[k])
         if diff:
             return "train config " + ", ".join(diff)

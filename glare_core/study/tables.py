@@ -9,8 +9,8 @@ seed) and, for the main table, k-NN forgetting on Tiny-ImageNet (:func:`glare_co
 
 A **segmentation table** (``kind="segmentation"``: the PiPa / SSR neighbours) trains, per cell, a light
 decoder on frozen features with the row's extra training terms
-(:func:`glare_core.segmentation.train_segmentation`), on the frozen base or on an adapted backbone whose
-pre-training is another table's cell of the same dataset and seed
+(:func:`glare_core.neighbours.segmentation.train_segmentation`), on the frozen base or on an adapted backbone
+whose pre-training is another table's cell of the same dataset and seed
 (:func:`glare_core.study.configs.adapter_cell`).
 
 The tables: :data:`TABLES` (``main``, ``ablations``, ``efficiency``, ``neighbours``, ``scale``, ``steps``).
@@ -40,7 +40,7 @@ class Row:
             ablation); the subset is chosen with the dataset's fixed ``subset_seed``.
         group: ablation group for figures ("terms", "patch augmentation" ...); "" for none.
         terms: segmentation tables only (``kind="segmentation"``): the light decoder's extra training terms,
-            a subset of :data:`glare_core.segmentation.TERMS` (``()``: the decoder alone).
+            a subset of :data:`glare_core.neighbours.segmentation.TERMS` (``()``: the decoder alone).
     """
 
     name: str
@@ -100,8 +100,8 @@ class Table:
         threads: torch CPU threads for the probe and k-NN (None: torch's default); pre-training uses the
             config's ``num_threads``. One thread suits a 2-core machine shared with other jobs.
         note: why the table is shaped this way (shown by ``glare experiment list``).
-        segmentation: ``kind="segmentation"``: :class:`glare_core.segmentation.SegTrainConfig` fields shared
-            by every row (``size`` and ``seed`` come from the dataset and the cell).
+        segmentation: ``kind="segmentation"``: :class:`glare_core.neighbours.segmentation.SegTrainConfig`
+            fields shared by every row (``size`` and ``seed`` come from the dataset and the cell).
         adapters_from: ``kind="segmentation"``: the table whose ``adapter_row`` pre-training gives the adapted
             backbone of a row with ``pretrain=True`` (same dataset, same seed, same config, same run folder).
         adapter_row: that table's row.
@@ -294,15 +294,16 @@ def _efficiency() -> Table:
     return Table("efficiency", "Training-step benchmark (glare_core.bench)", kind="bench")
 
 
-#: The light-decoder protocol of the neighbours table (:class:`glare_core.segmentation.SegTrainConfig`
-#: fields), pinned here like :data:`CPU_PROBE`: the last block's tokens of the frozen backbone at the probe's
-#: input size (448 x 336 for CamVid: 32 x 24 cells of 14 px, the same cached features as the main table's
-#: probe), the light decoder of width 256, AdamW at 1e-3 (Design, not tuned), batch 8, cross-entropy at half
-#: label resolution (as the probe), evaluation at full resolution. Steps: 1000 (the probe's), sized from step
-#: times measured with ``glare experiment neighbours --measure`` on the shared 2-core AMD EPYC machine, one
-#: thread: 0.31 s (decoder alone), 0.75 s (+ PiPa), 0.77 s (+ SSR) per step, i.e. about 5, 12.5 and 13 minutes
-#: per cell with cached features (CPU seconds per step, measured alongside: 0.29 / 0.79 / 0.82). Two threads
-#: were about 1.5x faster per step at 224 x 168 on a quiet machine; not measured at 448 x 336 on an idle one.
+#: The light-decoder protocol of the neighbours table
+#: (:class:`glare_core.neighbours.segmentation.SegTrainConfig` fields), pinned here like :data:`CPU_PROBE`:
+#: the last block's tokens of the frozen backbone at the probe's input size (448 x 336 for CamVid: 32 x 24
+#: cells of 14 px, the same cached features as the main table's probe), the light decoder of width 256, AdamW
+#: at 1e-3 (Design, not tuned), batch 8, cross-entropy at half label resolution (as the probe), evaluation at
+#: full resolution. Steps: 1000 (the probe's), sized from step times measured with ``glare experiment
+#: neighbours --measure`` on the shared 2-core AMD EPYC machine, one thread: 0.31 s (decoder alone), 0.75 s (+
+#: PiPa), 0.77 s (+ SSR) per step, i.e. about 5, 12.5 and 13 minutes per cell with cached features (CPU
+#: seconds per step, measured alongside: 0.29 / 0.79 / 0.82). Two threads were about 1.5x faster per step at
+#: 224 x 168 on a quiet machine; not measured at 448 x 336 on an idle one.
 NEIGHBOUR_SEG = {
     "layers": "last",
     "hidden_dim": 256,

@@ -222,7 +222,7 @@ def measure_segmentation_times(
     import torch
 
     from ..config import preset
-    from ..segmentation import train_segmentation
+    from ..neighbours.segmentation import train_segmentation
     from ..weights import load_base
 
     cell0 = table.cells()[0]

@@ -30,7 +30,8 @@ Design choices (fields of :class:`SegTrainConfig` and of the terms' own configs)
 * SSR's frozen encoder: ``ssr_encoder=None`` uses the evaluated backbone's own cached features (on the base
   model this *is* the frozen base, the offline stand-in for SAM); pass the frozen base
   (:func:`glare_core.weights.load_base`) when evaluating an adapted backbone, or a SAM encoder
-  (:func:`glare_core.ssr.load_sam_encoder`), whose maps are resized (area) to the decoder's grid once.
+  (:func:`glare_core.neighbours.ssr.load_sam_encoder`), whose maps are resized (area) to the decoder's grid
+  once.
 * The same seed fixes the decoder's initialisation, the batch order and every random draw of a step (flips,
   windows, anchors), drawn from a generator seeded by (seed, step): variants see the same batches.
 * The training-only passes (SSR's fused branch, PiPa's windows) use batch statistics but leave the decoder's
@@ -61,10 +62,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .backbone import Backbone
-from .features import backbone_fingerprint, extract_features, probe_size, show_progress
-from .metrics import IGNORE_INDEX, segmentation_scores
-from .paths import smoke_mode
+from ..backbone import Backbone
+from ..features import backbone_fingerprint, extract_features, probe_size, show_progress
+from ..metrics import IGNORE_INDEX, segmentation_scores
+from ..paths import smoke_mode
+from ..precision import autocast, resolve_precision
+from ..probe import DecoderProbe, cosine_lr, evaluate_head
 from .pipa.patch_consistency import (
     PatchConsistencyConfig,
     PatchConsistencyLoss,
@@ -73,8 +76,6 @@ from .pipa.patch_consistency import (
     overlapping_windows,
 )
 from .pipa.pixel_contrast import PixelContrastConfig, PixelContrastLoss
-from .precision import autocast, resolve_precision
-from .probe import DecoderProbe, cosine_lr, evaluate_head
 from .ssr import SSRConfig, SSRFusion
 
 #: The optional extra terms of :func:`train_segmentation`.
@@ -101,13 +102,14 @@ class SegTrainConfig:
         eval_batch_size: feature maps per prediction batch.
         precision: autocast precision of the backbone during extraction (:mod:`glare_core.precision`).
         train_precision: autocast precision of the decoder's (and the extra modules') forward passes during
-            training; the losses are computed in float32 (training runs on the CPU, on cached features; bf16
+            training; the losses are computed in float32 (training runs on cached features; bf16
             was about 1.6x faster per step than float32 on a 2-core CPU with native bf16, ViT-S/14 features at
             24 x 32).
         cache: keep extracted features in the on-disk cache.
-        pixel_contrast: PiPa's pixel contrast (:class:`~glare_core.pipa.PixelContrastConfig`).
-        patch_consistency: PiPa's patch consistency (:class:`~glare_core.pipa.PatchConsistencyConfig`).
-        ssr: SSR's fusion branch (:class:`~glare_core.ssr.SSRConfig`).
+        pixel_contrast: PiPa's pixel contrast (:class:`~glare_core.neighbours.pipa.PixelContrastConfig`).
+        patch_consistency: PiPa's patch consistency
+            (:class:`~glare_core.neighbours.pipa.PatchConsistencyConfig`).
+        ssr: SSR's fusion branch (:class:`~glare_core.neighbours.ssr.SSRConfig`).
     """
 
     size: tuple[int, int] = (448, 336)
@@ -170,7 +172,7 @@ class SegmentationModel(nn.Module):
         decoder: the :class:`~glare_core.probe.DecoderProbe`, the only module :meth:`forward` (inference)
             uses.
         proj_pixel, proj_patch: (B, hidden, h, w) -> (B, d, h, w) 1x1 convolutions, or None.
-        ssr: :class:`~glare_core.ssr.SSRFusion` or None.
+        ssr: :class:`~glare_core.neighbours.ssr.SSRFusion` or None.
     """
 
     def __init__(
@@ -299,6 +301,9 @@ def train_segmentation(
 ) -> dict:
     """Train a light decoder on the frozen backbone's features (+ optional PiPa / SSR terms), score on val.
 
+    The decoder trains and predicts on the backbone's device (where the caller put it); the cached features
+    are moved there one batch at a time.
+
     Args:
         backbone: the frozen backbone whose features are evaluated.
         train_ds, val_ds: labelled splits with the same classes (``SegmentationDataset``).
@@ -306,7 +311,7 @@ def train_segmentation(
         extra_terms: any of :data:`TERMS`: ``"pixel_contrast"``, ``"patch_consistency"``, ``"ssr"``.
         ssr_encoder: SSR's frozen encoder: None (the backbone's own features), a frozen
             :class:`~glare_core.backbone.Backbone` (its cached last-block features), or a callable images ->
-            maps (e.g. :class:`~glare_core.ssr.SAMEncoder`).
+            maps (e.g. :class:`~glare_core.neighbours.ssr.SAMEncoder`).
 
     Returns:
         JSON-able dict: ``miou``, ``pixel_acc``, ``mean_acc``, ``per_class_iou``, ``per_class_acc``,
@@ -358,7 +363,8 @@ def train_segmentation(
             frozen = frozen_maps(ssr_encoder, train_ds, size, grid, cfg.feature_batch_size)
         t_frozen = time.perf_counter() - t0
 
-    # 2. the model: decoder + training-only modules, all seeded
+    # 2. the model: decoder + training-only modules, all seeded, on the backbone's device
+    device = next(backbone.parameters()).device
     torch.manual_seed(cfg.seed)
     model = SegmentationModel(
         train.features.shape[1],
@@ -369,20 +375,20 @@ def train_segmentation(
         patch_dim=cfg.patch_consistency.proj_dim,
         frozen_dim=frozen.shape[1] if frozen is not None else None,
         ssr_heads=cfg.ssr.num_heads,
-    )
-    pixel_loss = PixelContrastLoss(cfg.pixel_contrast, ignore_index)
-    patch_loss = PatchConsistencyLoss(cfg.patch_consistency)
+    ).to(device)
+    pixel_loss = PixelContrastLoss(cfg.pixel_contrast, ignore_index).to(device)
+    patch_loss = PatchConsistencyLoss(cfg.patch_consistency).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = min(cfg.warmup_steps, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, warmup))
     labels = _subsample_labels(train.labels, cfg.label_scale)
     out_size = tuple(labels.shape[-2:])
     n, batch = train.features.shape[0], min(cfg.batch_size, train.features.shape[0])
-    train_precision = resolve_precision(cfg.train_precision, "cpu")
+    train_precision = resolve_precision(cfg.train_precision, device)
 
     # 3. the training loop
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(device.type, enabled=False):
             up = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
             return F.cross_entropy(up, y, ignore_index=ignore_index)
 
@@ -402,8 +408,10 @@ def train_segmentation(
             x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
             if fz is not None:
                 fz[f] = fz[f].flip(-1)
+        x, y = x.to(device), y.to(device)
+        fz = fz.to(device) if fz is not None else None
 
-        with autocast(torch.device("cpu"), train_precision):
+        with autocast(device, train_precision):
             feats = model.stem(x)
             emb = model.body(feats)
             logits = model.classify(emb)
@@ -480,7 +488,7 @@ def train_segmentation(
             "total_s": time.perf_counter() - start,
         },
         "machine": {
-            "device": "cpu",
+            "device": str(device),
             "train_precision": train_precision.name,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),

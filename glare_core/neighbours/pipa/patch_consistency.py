@@ -22,10 +22,11 @@ batch's other pseudo-labels); the queue holds ``queue_size`` = 4096 features, fi
 
 Two uses in this project:
 
-1. downstream, while a light decoder trains on cached frozen features (:mod:`glare_core.segmentation`): the
-   two "crops" are two overlapping windows of the cached feature map (:func:`overlapping_windows`, the same
-   windows for the whole batch), so the overlap is known exactly in feature cells; the pseudo-labels and
-   confidences are the decoder's own detached softmax on the other window (there is no EMA teacher);
+1. downstream, while a light decoder trains on cached frozen features
+   (:mod:`glare_core.neighbours.segmentation`): the two "crops" are two overlapping windows of the cached
+   feature map (:func:`overlapping_windows`, the same windows for the whole batch), so the overlap is known
+   exactly in feature cells; the pseudo-labels and confidences are the decoder's own detached softmax on the
+   other window (there is no EMA teacher);
 2. as a drop-in local term for continual pre-training (:class:`PiPaLocalLoss`, registered as
    ``ObjectiveConfig.local_variant = "pipa"``): the crops are GLARE's two global views; a student cell of view
    u is matched with the teacher's tokens of view v at the same source-image location (through the crop boxes,
@@ -44,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses.global_consistency import teacher_temperature
-from ..losses.local_consistency import LocalInputs, limit_per_image, register_local_variant
-from ..views import map_cells_between_views, sample_at
+from ...losses.global_consistency import teacher_temperature
+from ...losses.local_consistency import LocalInputs, limit_per_image, register_local_variant
+from ...views import map_cells_between_views, sample_at
 
 
 @dataclass

@@ -20,8 +20,8 @@ where A' are the anchors with at least one positive. Design choices (this projec
 pixels when it has fewer); when one pool (hard or easy) is short the other fills the gap; ``tau_base``
 defaults to tau (Wang et al.'s code uses 0.07, which only rescales the loss); the labels are taken at the
 embedding resolution by nearest-neighbour subsampling; the pixel embedding is a training-only 1x1-conv
-projection of the decoder's last hidden features (:mod:`glare_core.segmentation`), so inference costs nothing
-extra.
+projection of the decoder's last hidden features (:mod:`glare_core.neighbours.segmentation`), so inference
+costs nothing extra.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import IGNORE_INDEX
+from ...metrics import IGNORE_INDEX
 
 
 @dataclass

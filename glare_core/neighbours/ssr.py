@@ -13,11 +13,11 @@ training only. At test time only the normal branch runs, so inference costs noth
 
 with F (B, C, h, w) the trained features, T (B, C_f, h_f, w_f) the frozen encoder's tokens and W a linear map
 C_f -> C. Design (this project's, :class:`SSRConfig`): the backbone being evaluated is frozen here, so the
-*trained* features F are the light decoder's first block (its "stem", :mod:`glare_core.segmentation`), and the
-rest of the decoder runs on F and, during training, on F~ (one shared decoder, as in SSR); lambda_SSR = 1;
-8 heads; pre-norm LayerNorms. Offline, the frozen DINOv2 base (:func:`glare_core.weights.load_base`) stands in
-for SAM; :func:`load_sam_encoder` loads a real SAM ViT-B image encoder through timm when its weights are on
-disk.
+*trained* features F are the light decoder's first block (its "stem",
+:mod:`glare_core.neighbours.segmentation`), and the rest of the decoder runs on F and, during training, on F~
+(one shared decoder, as in SSR); lambda_SSR = 1; 8 heads; pre-norm LayerNorms. Offline, the frozen DINOv2 base
+(:func:`glare_core.weights.load_base`) stands in for SAM; :func:`load_sam_encoder` loads a real SAM ViT-B
+image encoder through timm when its weights are on disk.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import IMAGENET_MEAN, IMAGENET_STD
+from ..backbone import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass

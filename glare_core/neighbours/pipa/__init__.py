@@ -10,9 +10,11 @@
 =========================  ===========================================================================
 
 PiPa itself trains a DAFormer/HRDA model for unsupervised domain adaptation; here both losses are extra terms
-while a light decoder trains on frozen features (:func:`glare_core.segmentation.train_segmentation`), and the
-patch consistency is also a drop-in local term of GLARE's objective. Importing this package registers the
-``"pipa"`` local variant (``--set objective.local_variant=pipa``).
+while a light decoder trains on frozen features
+(:func:`glare_core.neighbours.segmentation.train_segmentation`), and the patch consistency is also a drop-in
+local term of GLARE's objective: importing this package registers the ``"pipa"`` local variant, and
+``--set objective.local_variant=pipa`` imports it when the objective is built
+(:data:`glare_core.losses.PACKAGED_VARIANTS`).
 """
 
 from .patch_consistency import (
