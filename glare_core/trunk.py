@@ -283,7 +283,7 @@ def build_bank(
     """All V x (number of images) entries of a bank, in memory; entry ``index * V + pair``.
 
     Args:
-        feed: a :class:`~glare_core.train.ImageFeed` seeded with ``cfg.trunk_seed``; pair v of image i is
+        feed: a :class:`~glare_core.feed.ImageFeed` seeded with ``cfg.trunk_seed``; pair v of image i is
             cut from its item ``(v, i)`` (each pair gets its own working crop).
         chunk: entries per trunk forward.
 
@@ -452,12 +452,11 @@ def prepare_bank(run: Any, dataset: Any, verbose: bool = True) -> tuple[TrunkBan
     Returns:
         the bank and what to record in the run's summary: ``path``, ``sha256`` (of its tensors: a
         checkpoint records it, so a run resumes only on the bank it started with), ``built`` (this run built
-        it),
-        ``build_seconds`` and ``build_images_per_s`` (view pairs per second; None when loaded), ``entries``,
+        it), ``build_seconds`` and ``build_images_per_s`` (view pairs per second; None when loaded), ``entries``,
         ``storage``, ``megabytes``.
     """
     from . import distributed as dist_utils
-    from .train import ImageFeed
+    from .feed import ImageFeed
 
     cfg, model, info = run.cfg, run.model, run.info
     check_trunk(cfg, model.student.depth)

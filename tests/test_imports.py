@@ -13,11 +13,6 @@ from pathlib import Path
 import glare_core
 
 PACKAGE = Path(glare_core.__file__).resolve().parent
-#: Function-local imports that still close a cycle outside the study, each to be removed by moving the name
-#: it imports below both modules; no other edge may close one.
-KNOWN_BACK_EDGES = {
-    ("glare_core.trunk", "glare_core.train"): "trunk.prepare_bank builds train.ImageFeed",
-}
 #: The study's modules, lowest layer first (``glare_core/study/__init__.py`` says what each holds).
 STUDY_LAYERS = ("tables", "configs", "store", "stats", "report", "figures", "timing", "runner")
 
@@ -104,11 +99,7 @@ def test_the_graph_reader_sees_imports_inside_functions():
 
 
 def test_no_import_cycle_in_the_package():
-    graph = import_graph()
-    for (a, b), reason in KNOWN_BACK_EDGES.items():
-        assert b in graph[a], f"{a} no longer imports {b} ({reason}): remove it from KNOWN_BACK_EDGES"
-        graph[a].discard(b)
-    found = cycles(graph)
+    found = cycles(import_graph())
     assert not found, f"import cycles (function-local imports included): {found}"
 
 
