@@ -10,7 +10,7 @@ worker processes need no seeding. Labels are never read.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
-from .config import TrainConfig
+
+if TYPE_CHECKING:  # annotations only: config -> objective -> trunk -> feed would close a cycle
+    from .config import TrainConfig
 
 
 class ImageFeed(Dataset):

@@ -452,8 +452,8 @@ def prepare_bank(run: Any, dataset: Any, verbose: bool = True) -> tuple[TrunkBan
     Returns:
         the bank and what to record in the run's summary: ``path``, ``sha256`` (of its tensors: a
         checkpoint records it, so a run resumes only on the bank it started with), ``built`` (this run built
-        it), ``build_seconds`` and ``build_images_per_s`` (view pairs per second; None when loaded), ``entries``,
-        ``storage``, ``megabytes``.
+        it), ``build_seconds`` and ``build_images_per_s`` (view pairs per second; None when loaded),
+        ``entries``, ``storage``, ``megabytes``.
     """
     from . import distributed as dist_utils
     from .feed import ImageFeed
