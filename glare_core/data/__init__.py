@@ -34,7 +34,6 @@ from .base import (
     IGNORE_INDEX,
     TUNING_SPLITS,
     DataError,
-    FileSegmentationDataset,
     LabelMap,
     MissingLabelsError,
     MissingSplitError,
@@ -45,6 +44,7 @@ from .base import (
     reduce_indices,
     tuning_indices,
 )
+from .files import FileSegmentationDataset
 
 #: name -> builder ``(split, root, labels, limit, seed, **kw) -> SegmentationDataset``.
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {

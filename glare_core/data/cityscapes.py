@@ -16,16 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (
-    IGNORE_INDEX,
-    FileDataset,
-    LabelMap,
-    SplitFiles,
-    list_images,
-    pair_labels,
-    require_dir,
-    resolve_root,
-)
+from .base import IGNORE_INDEX, LabelMap
+from .files import FileDataset, SplitFiles, list_images, pair_labels, require_dir, resolve_root
 
 NAME = "cityscapes"
 CLASSES = (

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DataError, FileDataset, LabelMap, SplitFiles, list_images, pair_labels, resolve_root
+from .base import DataError, LabelMap
+from .files import FileDataset, SplitFiles, list_images, pair_labels, resolve_root
 
 NAME = "loveda"
 CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
