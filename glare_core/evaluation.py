@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +59,37 @@ from .weights import load_base
 #: How the validation split is predicted (``ProbeConfig.inference``).
 INFERENCE_MODES = ("resize", "slide")
 
+_Protocol = TypeVar("_Protocol", bound="Protocol")
+
+
+class Protocol:
+    """What the downstream protocols share (:class:`ProbeConfig`, and the light decoder's
+    :class:`~glare_core.neighbours.segmentation.SegTrainConfig`): a seconds-long ``smoke`` preset chosen by
+    ``GLARE_SMOKE=1``, and the dict of the recorded fields that goes into every result."""
+
+    @classmethod
+    def smoke(cls: type[_Protocol], **overrides) -> _Protocol:
+        raise NotImplementedError
+
+    @classmethod
+    def default(cls: type[_Protocol], **overrides) -> _Protocol:
+        """The full protocol, or :meth:`smoke` when ``GLARE_SMOKE=1``."""
+        return cls.smoke(**overrides) if smoke_mode() else cls(**overrides)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of the recorded fields (a field with ``metadata={"record": False}`` is not one)."""
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.metadata.get("record", True):
+                value = getattr(self, f.name)
+                if dataclasses.is_dataclass(value):
+                    value = dataclasses.asdict(value)  # type: ignore[arg-type]
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(Protocol):
     """The segmentation-probe protocol (Design; ``glare-method.md`` section 4). Every field is recorded in
     results.
 
@@ -157,20 +186,6 @@ class ProbeConfig:
             values["size"] = tuple(values["size"])
         return cls(**values)
 
-    @classmethod
-    def default(cls, **overrides) -> ProbeConfig:
-        """The full preset, or :meth:`smoke` when ``GLARE_SMOKE=1``."""
-        return cls.smoke(**overrides) if smoke_mode() else cls(**overrides)
-
-    def to_dict(self) -> dict:
-        """JSON-able dict of the recorded fields."""
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.metadata.get("record", True):
-                value = getattr(self, f.name)
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
 
 def fit_probe(
     features: torch.Tensor,
@@ -238,7 +253,7 @@ def evaluate_backbone(
         (training loss curve), ``machine``.
     """
     cfg = cfg or ProbeConfig.default()
-    num_classes, classes, ignore_index = _label_space(train_ds, val_ds)
+    num_classes, classes, ignore_index = label_space(train_ds, val_ds)
     size = probe_size(cfg.size, backbone.patch_size)
     was_training = backbone.training  # restored at the end: callers may evaluate mid-training
     common = dict(
@@ -295,8 +310,9 @@ def evaluate_backbone(
     }
 
 
-def _label_space(train_ds: Dataset, val_ds: Dataset) -> tuple[int, list[str], int]:
-    """The number of classes, their names and the ignore index of a train / validation pair (checked)."""
+def label_space(train_ds: Dataset, val_ds: Dataset) -> tuple[int, list[str], int]:
+    """The number of classes, their names and the ignore index of a train / validation pair (checked: the
+    train split must say its ``num_classes``, the validation split must have as many)."""
     num_classes = int(getattr(train_ds, "num_classes", 0) or 0)
     val_classes = int(getattr(val_ds, "num_classes", num_classes) or num_classes)
     if num_classes <= 0:

@@ -49,7 +49,6 @@ backbone); extraction of the frozen features is done once and cached. The result
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import time
@@ -63,11 +62,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..backbone import Backbone
+from ..evaluation import Protocol, label_space
 from ..features import backbone_fingerprint, extract_features, probe_size, show_progress
-from ..metrics import IGNORE_INDEX, segmentation_scores
-from ..paths import smoke_mode
+from ..metrics import segmentation_scores
 from ..precision import autocast, resolve_precision
-from ..probe import DecoderProbe, cosine_lr, evaluate_head
+from ..probe import DecoderProbe, evaluate_head, subsample_labels
+from ..schedules import cosine_lr
 from .pipa.patch_consistency import (
     PatchConsistencyConfig,
     PatchConsistencyLoss,
@@ -83,7 +83,7 @@ TERMS = ("pixel_contrast", "patch_consistency", "ssr")
 
 
 @dataclass
-class SegTrainConfig:
+class SegTrainConfig(Protocol):
     """The downstream light-decoder protocol. Every field is recorded in results.
 
     Attributes:
@@ -139,21 +139,6 @@ class SegTrainConfig:
         values = dict(size=(112, 84), steps=40, batch_size=4, warmup_steps=4, hidden_dim=64)
         values.update(overrides)
         return cls(**values)
-
-    @classmethod
-    def default(cls, **overrides) -> SegTrainConfig:
-        """The full protocol, or :meth:`smoke` when ``GLARE_SMOKE=1``."""
-        return cls.smoke(**overrides) if smoke_mode() else cls(**overrides)
-
-    def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.metadata.get("record", True):
-                value = getattr(self, f.name)
-                if dataclasses.is_dataclass(value):
-                    value = dataclasses.asdict(value)
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
 
 
 class SegmentationModel(nn.Module):
@@ -220,15 +205,6 @@ def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tenso
     epoch, pos = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     return perm[pos * batch_size : (pos + 1) * batch_size]
-
-
-def _subsample_labels(labels: torch.Tensor, scale: float) -> torch.Tensor:
-    if scale == 1.0:
-        return labels
-    h, w = (max(1, round(s * scale)) for s in labels.shape[-2:])
-    rows = torch.linspace(0, labels.shape[-2] - 1, h).round().long()
-    cols = torch.linspace(0, labels.shape[-1] - 1, w).round().long()
-    return labels[:, rows][:, :, cols]
 
 
 def _rows(x: torch.Tensor, where: tuple[slice, slice]) -> torch.Tensor:
@@ -324,13 +300,7 @@ def train_segmentation(
     unknown = [t for t in terms if t not in TERMS]
     if unknown:
         raise ValueError(f"extra_terms {unknown} unknown; choose from {TERMS}")
-    num_classes = int(getattr(train_ds, "num_classes", 0) or 0)
-    if num_classes <= 0:
-        raise ValueError("train_ds must say its num_classes (a glare_core.data.SegmentationDataset does)")
-    if int(getattr(val_ds, "num_classes", num_classes)) != num_classes:
-        raise ValueError(f"train split has {num_classes} classes, validation split {val_ds.num_classes}")
-    classes = list(getattr(train_ds, "classes", [str(c) for c in range(num_classes)]))
-    ignore_index = int(getattr(train_ds, "ignore_index", IGNORE_INDEX))
+    num_classes, classes, ignore_index = label_space(train_ds, val_ds)
     size = probe_size(cfg.size, backbone.patch_size)
     progress = show_progress(cfg.progress)
     common = dict(
@@ -381,7 +351,7 @@ def train_segmentation(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = min(cfg.warmup_steps, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, warmup))
-    labels = _subsample_labels(train.labels, cfg.label_scale)
+    labels = subsample_labels(train.labels, cfg.label_scale)
     out_size = tuple(labels.shape[-2:])
     n, batch = train.features.shape[0], min(cfg.batch_size, train.features.shape[0])
     train_precision = resolve_precision(cfg.train_precision, device)
