@@ -42,6 +42,7 @@ from .losses import (
     build_local_loss,
     regional_consistency,
     teacher_temperature,
+    temperatures,
 )
 from .patch_augment import PatchAugConfig, patch_augment
 from .teacher import ViewOutput, unwrap
@@ -156,12 +157,7 @@ class GlareObjective(nn.Module):
     def __init__(self, cfg: ObjectiveConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or ObjectiveConfig()
-        temps = dict(
-            student_temp=cfg.student_temp,
-            teacher_temp=cfg.teacher_temp,
-            warmup_teacher_temp=cfg.warmup_teacher_temp,
-            warmup_teacher_temp_steps=cfg.warmup_teacher_temp_steps,
-        )
+        temps = temperatures(cfg)
         self.global_loss = DINOLoss(center_momentum=cfg.center_momentum, **temps) if cfg.use_global else None
         self.local_loss = build_local_loss(cfg) if cfg.use_local else None
         self.region_loss = (

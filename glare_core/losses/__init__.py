@@ -15,12 +15,15 @@ every call (``loss.diagnostics``, :func:`collapse_stats`).
 """
 
 from .global_consistency import (
+    TEMPERATURE_FIELDS,
     Centering,
     DINOLoss,
+    TeacherTargets,
     centred_softmax,
     collapse_stats,
     soft_cross_entropy,
     teacher_temperature,
+    temperatures,
 )
 from .local_consistency import (
     LOCAL_VARIANTS,
@@ -45,8 +48,11 @@ from .regional_consistency import (
 )
 
 __all__ = [
+    "TEMPERATURE_FIELDS",
     "Centering",
     "DINOLoss",
+    "TeacherTargets",
+    "temperatures",
     "teacher_temperature",
     "centred_softmax",
     "collapse_stats",

@@ -16,13 +16,15 @@ and local crops), the centre c is an EMA (momentum 0.9) of the teacher's batch-m
 tau_t warms up linearly from 0.04 to 0.07 over ``warmup_teacher_temp_steps`` steps (DINO's ``np.linspace``
 schedule), then stays (:func:`glare_core.schedules.teacher_temperature`).
 
-:class:`Centering` (the centre buffer and its all-reduced EMA update) is shared with the local and regional
-terms, which keep their own centres (iBOT keeps a separate patch centre).
+:class:`Centering` (the centre buffer and its all-reduced EMA update) and :class:`TeacherTargets` (tau_s, the
+tau_t schedule and a centre: the teacher side of a term that distils through a head) are shared with the local
+and regional terms, which keep their own centres (iBOT keeps a separate patch centre).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,6 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..schedules import teacher_temperature
+
+#: The temperature settings the three terms share (fields of ``ObjectiveConfig``, arguments of the losses).
+TEMPERATURE_FIELDS = ("student_temp", "teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_steps")
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float):
@@ -130,8 +135,12 @@ class Centering(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class DINOLoss(nn.Module):
-    """DINO's cross-view self-distillation loss (the GLARE global term L_G).
+class TeacherTargets(nn.Module):
+    """The teacher side of a term that distils through a head: tau_s, the tau_t schedule and a centre.
+
+    The base of :class:`DINOLoss`, :class:`~glare_core.losses.PatchDistillationLoss` and
+    :class:`~glare_core.losses.RegionLoss`; each keeps its own centre (the buffer ``centering.center``) and
+    records DINO's collapse diagnostics of its last targets in ``diagnostics`` (:func:`collapse_stats`).
 
     Args:
         out_dim: K, the head's output width (None: sized at the first call).
@@ -164,7 +173,7 @@ class DINOLoss(nn.Module):
         return self.centering.center
 
     def temperature(self, step: int) -> float:
-        """tau_t at ``step``."""
+        """tau_t at ``step`` (:func:`~glare_core.schedules.teacher_temperature`)."""
         return teacher_temperature(
             step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
         )
@@ -172,6 +181,21 @@ class DINOLoss(nn.Module):
     def teacher_probs(self, teacher_logits: torch.Tensor, step: int) -> torch.Tensor:
         """softmax((t - c) / tau_t) in float32; (..., K) -> (..., K)."""
         return centred_softmax(teacher_logits, self.centering, self.temperature(step))
+
+
+def temperatures(cfg: Any) -> dict[str, Any]:
+    """The temperature settings of an :class:`~glare_core.objective.ObjectiveConfig` (``student_temp``,
+    ``teacher_temp``, ``warmup_teacher_temp``, ``warmup_teacher_temp_steps``), as keyword arguments of
+    :class:`TeacherTargets`: the three terms share them."""
+    return {name: getattr(cfg, name) for name in TEMPERATURE_FIELDS}
+
+
+class DINOLoss(TeacherTargets):
+    """DINO's cross-view self-distillation loss (the GLARE global term L_G).
+
+    Its arguments are those of :class:`TeacherTargets` (``out_dim``, ``student_temp``, ``teacher_temp``,
+    ``warmup_teacher_temp``, ``warmup_teacher_temp_steps``, ``center_momentum``), DINO's values by default.
+    """
 
     def forward(
         self,

@@ -39,13 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..views import Views, map_cells_between_views, sample_at
-from .global_consistency import (
-    Centering,
-    centred_softmax,
-    collapse_stats,
-    soft_cross_entropy,
-    teacher_temperature,
-)
+from .global_consistency import TeacherTargets, collapse_stats, soft_cross_entropy, temperatures
 
 PATCH_VARIANTS = ("ce", "cosine", "crossview")
 
@@ -96,45 +90,32 @@ def per_image_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (sums / counts).mean()
 
 
-class PatchDistillationLoss(nn.Module):
+class PatchDistillationLoss(TeacherTargets):
     """The local term L_L (iBOT patch distillation at the corrupted cells), with its own centre.
 
     Args:
         variant: ``"ce"``, ``"cosine"`` or ``"crossview"``.
         out_dim: K of the patch head (None: sized at the first call).
-        student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps: as in the global term.
-        center_momentum: EMA momentum of the patch centre (0.9).
         max_patches: at most this many corrupted cells per image and view enter the loss (None: all).
+        targets: the temperatures and the patch centre's EMA momentum, as in the global term
+            (:class:`~glare_core.losses.global_consistency.TeacherTargets`: ``student_temp``,
+            ``teacher_temp``, ``warmup_teacher_temp``, ``warmup_teacher_temp_steps``, ``center_momentum``).
     """
 
     def __init__(
         self,
         variant: str = "ce",
         out_dim: int | None = None,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.07,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_steps: int = 1000,
-        center_momentum: float = 0.9,
+        *,
         max_patches: int | None = None,
+        **targets: Any,
     ):
-        super().__init__()
         if variant not in PATCH_VARIANTS:
             raise ValueError(f"patch distillation variant {variant!r}; choose one of {PATCH_VARIANTS}")
+        super().__init__(out_dim, **targets)
         self.variant = variant
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.max_patches = max_patches
-        self.centering = Centering(out_dim, center_momentum)
-        self.diagnostics: dict[str, float] = {}  # collapse_stats of the last call's teacher targets
         self._probs: list[torch.Tensor] = []
-
-    def temperature(self, step: int) -> float:
-        return teacher_temperature(
-            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
-        )
 
     def distill(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, step: int
@@ -150,7 +131,7 @@ class PatchDistillationLoss(nn.Module):
         Returns:
             Scalar float32 loss (the centre is not updated here).
         """
-        probs = centred_softmax(teacher_logits, self.centering, self.temperature(step))
+        probs = self.teacher_probs(teacher_logits, step)
         self._probs.append(probs.detach())
         return per_image_mean(soft_cross_entropy(student_logits, probs, self.student_temp), mask)
 
@@ -213,13 +194,10 @@ def build_local_loss(cfg: Any) -> nn.Module:
     """The local term for an :class:`~glare_core.objective.ObjectiveConfig`."""
     if cfg.local_variant in PATCH_VARIANTS:
         return PatchDistillationLoss(
-            variant=cfg.local_variant,
-            student_temp=cfg.student_temp,
-            teacher_temp=cfg.teacher_temp,
-            warmup_teacher_temp=cfg.warmup_teacher_temp,
-            warmup_teacher_temp_steps=cfg.warmup_teacher_temp_steps,
-            center_momentum=cfg.patch_center_momentum,
+            cfg.local_variant,
             max_patches=cfg.local_max_patches,
+            center_momentum=cfg.patch_center_momentum,
+            **temperatures(cfg),
         )
     if cfg.local_variant not in LOCAL_VARIANTS and cfg.local_variant in PACKAGED_VARIANTS:
         importlib.import_module(PACKAGED_VARIANTS[cfg.local_variant])  # registers the variant

@@ -36,13 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..views import Views, source_to_view, view_to_source
-from .global_consistency import (
-    Centering,
-    centred_softmax,
-    collapse_stats,
-    soft_cross_entropy,
-    teacher_temperature,
-)
+from .global_consistency import TeacherTargets, collapse_stats, soft_cross_entropy
 
 if TYPE_CHECKING:
     from ..backbone import BackboneOutput
@@ -242,39 +236,26 @@ def geometric_correspondence(
         return retrieved, inside.any(-1)
 
 
-class RegionLoss(nn.Module):
+class RegionLoss(TeacherTargets):
     """The regional term L_R between student regions and their retrieved teacher counterparts.
 
     Args:
         kind: ``"ce"`` (through the heads, DINO-style), ``"infonce"`` or ``"cosine"``.
         out_dim: K of the head for ``"ce"`` (None: sized at the first call).
-        student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps: as in the global term.
-        center_momentum: EMA momentum of the region centre (0.9).
         infonce_temp: temperature of the InfoNCE variant (0.1).
+        targets: the temperatures and the region centre's EMA momentum, as in the global term
+            (:class:`~glare_core.losses.global_consistency.TeacherTargets`: ``student_temp``,
+            ``teacher_temp``, ``warmup_teacher_temp``, ``warmup_teacher_temp_steps``, ``center_momentum``).
     """
 
     def __init__(
-        self,
-        kind: str = "ce",
-        out_dim: int | None = None,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.07,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_steps: int = 1000,
-        center_momentum: float = 0.9,
-        infonce_temp: float = 0.1,
+        self, kind: str = "ce", out_dim: int | None = None, *, infonce_temp: float = 0.1, **targets: Any
     ):
-        super().__init__()
         if kind not in REGION_LOSSES:
             raise ValueError(f"region loss {kind!r}; choose one of {REGION_LOSSES}")
+        super().__init__(out_dim, **targets)
         self.kind = kind
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.infonce_temp = infonce_temp
-        self.centering = Centering(out_dim, center_momentum)
-        self.diagnostics: dict[str, float] = {}  # collapse_stats of the last call's teacher targets ("ce")
 
     def forward(
         self,
@@ -314,10 +295,7 @@ class RegionLoss(nn.Module):
                 # update and a zero loss that reaches the head (zero gradients, not missing ones).
                 self.centering.update(t_logits)
                 return s_logits.float().sum() * 0.0 + student_regions.sum().float() * 0.0
-            temp = teacher_temperature(
-                step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
-            )
-            probs = centred_softmax(t_logits, self.centering, temp)
+            probs = self.teacher_probs(t_logits, step)
             self.diagnostics = collapse_stats(probs)
             loss = soft_cross_entropy(s_logits, probs, self.student_temp).mean()
             self.centering.update(t_logits)

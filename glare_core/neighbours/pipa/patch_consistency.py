@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...losses.global_consistency import teacher_temperature
 from ...losses.local_consistency import LocalInputs, limit_per_image, register_local_variant
+from ...schedules import teacher_temperature
 from ...views import map_cells_between_views, sample_at
 
 
