@@ -24,7 +24,7 @@ import argparse
 import sys
 import time
 
-from . import add_precision_argument
+from . import add_backbone_and_data_arguments, add_precision_argument, load_backbone_and_splits
 
 NAME = "compare"
 HELP = "light-decoder segmentation with PiPa / SSR training-only terms vs. the plain decoder"
@@ -41,18 +41,7 @@ VARIANTS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--base", default="dinov2_vits14_imgfocus", help="base model name or weight file")
-    parser.add_argument(
-        "--adapter", default=None, help="adapter-only export (.safetensors) to add to the base"
-    )
-    parser.add_argument("--dataset", default="camvid", help="dataset name (camvid, idd_lite, synthetic, ...)")
-    parser.add_argument(
-        "--root", default=None, help="dataset folder (default: searched under the data roots)"
-    )
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--val-split", default="val")
-    parser.add_argument("--limit", type=int, default=None, help="use N training images (fixed --seed)")
-    parser.add_argument("--val-limit", type=int, default=None, help="use N validation images (fixed --seed)")
+    add_backbone_and_data_arguments(parser)
     parser.add_argument(
         "--variants",
         default="decoder,pipa,ssr",
@@ -95,8 +84,7 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from glare_core.data import build_dataset
-    from glare_core.evaluation import apply_adapter_and_record, load_backbone, save_result
+    from glare_core.evaluation import load_backbone, save_result
     from glare_core.neighbours.segmentation import train_segmentation
 
     if args.threads:
@@ -109,14 +97,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
         start = time.perf_counter()
-        backbone = load_backbone(args.base)
-        adapter = apply_adapter_and_record(backbone, args.adapter, base=args.base) if args.adapter else None
-        train_ds = build_dataset(
-            args.dataset, args.train_split, root=args.root, limit=args.limit, seed=cfg.seed
-        )
-        val_ds = build_dataset(
-            args.dataset, args.val_split, root=args.root, limit=args.val_limit, seed=cfg.seed
-        )
+        backbone, adapter, train_ds, val_ds = load_backbone_and_splits(args, cfg.seed)
         encoder = None
         if any("ssr" in VARIANTS[v] for v in variants):
             if args.ssr_encoder == "base":

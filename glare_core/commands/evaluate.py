@@ -21,8 +21,9 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from . import add_precision_argument
+from . import add_backbone_and_data_arguments, add_precision_argument, load_backbone_and_splits
 
 NAME = "evaluate"
 HELP = "linear-probe segmentation mIoU of a base model (+ adapter), optional k-NN forgetting"
@@ -42,54 +43,41 @@ def _default(name: str) -> str:
     return f"default {show(full)}" + ("" if smoke == full else f"; {show(smoke)} in smoke mode")
 
 
+def _probe_option(parser: argparse.ArgumentParser, name: str, help: str, **kw: Any) -> None:
+    """``--<name>`` for the :class:`~glare_core.evaluation.ProbeConfig` field ``name``: None unless given (the
+    config's default then applies), the help ending with that default (:func:`_default`)."""
+    parser.add_argument("--" + name.replace("_", "-"), default=None, help=f"{help} ({_default(name)})", **kw)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--base", default="dinov2_vits14_imgfocus", help="base model name or weight file")
-    parser.add_argument(
-        "--adapter", default=None, help="adapter-only export (.safetensors) to add to the base"
-    )
-    parser.add_argument("--dataset", default="camvid", help="dataset name (camvid, idd_lite, synthetic, ...)")
-    parser.add_argument(
-        "--root", default=None, help="dataset folder (default: searched under the data roots)"
-    )
-    parser.add_argument("--train-split", default="train", help="split the probe trains on")
-    parser.add_argument("--val-split", default="val", help="split the probe is scored on")
-    parser.add_argument("--limit", type=int, default=None, help="use N training images (fixed --seed)")
-    parser.add_argument("--val-limit", type=int, default=None, help="use N validation images (fixed --seed)")
-    parser.add_argument(
-        "--layers", default=None, help=f"last, last4, or block indices such as 9 ({_default('layers')})"
-    )
-    parser.add_argument(
-        "--head", choices=("linear", "decoder"), default=None, help=f"probe head ({_default('head')})"
-    )
-    parser.add_argument("--size", default=None, help=f"probe input WxH ({_default('size')})")
-    parser.add_argument("--steps", type=int, default=None, help=f"probe training steps ({_default('steps')})")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help=f"probe batch size ({_default('batch_size')})"
-    )
-    parser.add_argument("--lr", type=float, default=None, help=f"probe peak learning rate ({_default('lr')})")
-    parser.add_argument("--seed", type=int, default=None, help=f"probe seed ({_default('seed')})")
-    parser.add_argument(
-        "--label-scale",
+    add_backbone_and_data_arguments(parser)
+    _probe_option(parser, "layers", "last, last4, or block indices such as 9")
+    _probe_option(parser, "head", "probe head", choices=("linear", "decoder"))
+    _probe_option(parser, "size", "probe input WxH")
+    _probe_option(parser, "steps", "probe training steps", type=int)
+    _probe_option(parser, "batch_size", "probe batch size", type=int)
+    _probe_option(parser, "lr", "probe peak learning rate", type=float)
+    _probe_option(parser, "seed", "probe seed", type=int)
+    _probe_option(
+        parser,
+        "label_scale",
+        "training-loss resolution relative to the probe input, 1.0 for full resolution; 0.5 costs about a "
+        "quarter of 1.0 per step on a CPU",
         type=float,
-        default=None,
-        help="training-loss resolution relative to the probe input, 1.0 for full resolution "
-        f"({_default('label_scale')}); 0.5 costs about a quarter of 1.0 per step on a CPU",
     )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation of the probe")
-    parser.add_argument(
-        "--inference",
+    _probe_option(
+        parser,
+        "inference",
+        "validation prediction: resize the whole image or slide probe-sized windows over it",
         choices=("resize", "slide"),
-        default=None,
-        help="validation prediction: resize the whole image or slide probe-sized windows over it "
-        f"({_default('inference')})",
     )
-    parser.add_argument(
-        "--slide-scale",
+    _probe_option(
+        parser,
+        "slide_scale",
+        "slide: image resized to its label resolution times this factor first",
         type=float,
-        default=None,
-        help="slide: image resized to its label resolution times this factor first "
-        f"({_default('slide_scale')})",
     )
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument(
@@ -138,25 +126,14 @@ def check_output_file(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glare_core.data import build_dataset
-    from glare_core.evaluation import (
-        apply_adapter_and_record,
-        evaluate_backbone,
-        format_result,
-        load_backbone,
-        save_result,
-    )
+    from glare_core.evaluation import evaluate_backbone, format_result, save_result
 
     try:
         cfg = _config(args)
         if args.out:  # found now, not after the whole probe has run
             check_output_file(args.out)
         start = time.perf_counter()
-        backbone = load_backbone(args.base)
-        adapter = apply_adapter_and_record(backbone, args.adapter, base=args.base) if args.adapter else None
-        seed = cfg.seed
-        train_ds = build_dataset(args.dataset, args.train_split, root=args.root, limit=args.limit, seed=seed)
-        val_ds = build_dataset(args.dataset, args.val_split, root=args.root, limit=args.val_limit, seed=seed)
+        backbone, adapter, train_ds, val_ds = load_backbone_and_splits(args, cfg.seed)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"glare evaluate: {err}", file=sys.stderr)
         return 2
