@@ -11,10 +11,11 @@ torch and the training code are imported inside the functions, like in :mod:`gla
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,35 +127,68 @@ def _cell_provenance(cell: Cell, started: str, t0: float) -> dict[str, Any]:
     }
 
 
-def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False) -> dict[str, Any]:
-    """Run one cell end to end and write its JSON (atomically); returns the record."""
-    if cell.table.kind == "segmentation":
-        return run_segmentation_cell(cell, results_dir, runs_dir, smoke)
-    import torch
-
-    from ..evaluation import evaluate_backbone
+def _cell_backbone(cell: Cell, train_cfg: Any, pre: dict[str, Any] | None) -> tuple[str, Any]:
+    """The base model's name and the backbone a cell evaluates: the adapted one of its pre-training run
+    (``pre``, ``train_cfg``), or, for a row without pre-training, the base model of the table's preset."""
+    from ..config import preset
     from ..teacher import apply_adapter
     from ..weights import load_base
 
-    started, t0 = now(), time.perf_counter()
-    train_cfg, pre = None, None
-    if cell.row.pretrain:
-        train_cfg, pre = pretrain_cell(cell, runs_dir, smoke)
-        base_name = train_cfg.base
-        backbone = apply_adapter(
-            load_base(base_name, verbose=False), Path(pre["run_dir"]) / "adapter.safetensors"
-        )
-    else:  # the base model of the table's preset, as loaded
-        from ..config import preset
-
+    if pre is None:
         base_name = preset(cell.table.preset).base
-        backbone = load_base(base_name, verbose=False)
+        return base_name, load_base(base_name, verbose=False)
+    base_name = train_cfg.base
+    adapter = Path(pre["run_dir"]) / "adapter.safetensors"
+    return base_name, apply_adapter(load_base(base_name, verbose=False), adapter)
 
-    probe = probe_config(cell)
+
+@contextlib.contextmanager
+def _table_threads(cell: Cell) -> Iterator[None]:
+    """Run with the table's torch thread count (``Table.threads``, when set); the previous count after."""
+    import torch
+
     threads = torch.get_num_threads()
     if cell.table.threads:
         torch.set_num_threads(cell.table.threads)
     try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cell_metrics(
+    scores: dict[str, Any], pre: dict[str, Any] | None, probe_seconds: float, knn: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The metrics every cell records: the segmentation scores, k-NN (None without), the pre-training's
+    trainable parameters and time, and the seconds the probe (or decoder) took."""
+    return {
+        "miou": scores["miou"],
+        "pixel_acc": scores["pixel_acc"],
+        "mean_acc": scores["mean_acc"],
+        "per_class_iou": scores["per_class_iou"],
+        "knn_top1": knn["top1"] if knn else None,
+        "knn_top5": knn["top5"] if knn else None,
+        "trainable_params": int(pre["summary"].get("trainable_params", 0)) if pre else 0,
+        "pretrain_minutes": (pre["step_seconds_total"] / 60) if pre else 0.0,
+        "pretrain_seconds_per_step": pre["seconds_per_step"] if pre else None,
+        "probe_seconds": probe_seconds,
+        "knn_seconds": knn["seconds"] if knn else None,
+    }
+
+
+def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False) -> dict[str, Any]:
+    """Run one cell end to end and write its JSON (atomically); returns the record."""
+    if cell.table.kind == "segmentation":
+        return run_segmentation_cell(cell, results_dir, runs_dir, smoke)
+
+    from ..evaluation import evaluate_backbone
+
+    started, t0 = now(), time.perf_counter()
+    train_cfg, pre = pretrain_cell(cell, runs_dir, smoke) if cell.row.pretrain else (None, None)
+    base_name, backbone = _cell_backbone(cell, train_cfg, pre)
+
+    probe = probe_config(cell)
+    with _table_threads(cell):
         train_ds, val_ds = probe_datasets(cell.dataset)
         evaluation = evaluate_backbone(backbone, train_ds, val_ds, probe)
         knn = None
@@ -162,23 +196,8 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
             from ..knn import knn_forgetting
 
             knn = knn_forgetting(backbone, **cell.table.knn_settings)
-    finally:
-        torch.set_num_threads(threads)
 
-    trainable = int(pre["summary"].get("trainable_params", 0)) if pre else 0
-    metrics = {
-        "miou": evaluation["miou"],
-        "pixel_acc": evaluation["pixel_acc"],
-        "mean_acc": evaluation["mean_acc"],
-        "per_class_iou": evaluation["per_class_iou"],
-        "knn_top1": knn["top1"] if knn else None,
-        "knn_top5": knn["top5"] if knn else None,
-        "trainable_params": trainable,
-        "pretrain_minutes": (pre["step_seconds_total"] / 60) if pre else 0.0,
-        "pretrain_seconds_per_step": pre["seconds_per_step"] if pre else None,
-        "probe_seconds": evaluation["timings"]["total_s"],
-        "knn_seconds": knn["seconds"] if knn else None,
-    }
+    metrics = _cell_metrics(evaluation, pre, evaluation["timings"]["total_s"], knn)
     record = {
         **_cell_identity(cell, smoke),
         "metrics": metrics,
@@ -293,11 +312,7 @@ def run_segmentation_cell(
     SSR's frozen encoder is the frozen base: on the base rows it is the evaluated backbone itself (the same
     cached features), on the adapted rows the base without the adapter.
     """
-    import torch
-
-    from ..config import preset
     from ..neighbours.segmentation import train_segmentation
-    from ..teacher import apply_adapter
     from ..weights import load_base
 
     started, t0 = now(), time.perf_counter()
@@ -307,13 +322,7 @@ def run_segmentation_cell(
         _refuse_busy_run(source.run_dir(runs_dir))
         train_cfg, pre = pretrain_cell(source, runs_dir, smoke)
         pre["source_cell"] = f"{source.table.name}/{source.key}"
-        base_name = train_cfg.base
-        backbone = apply_adapter(
-            load_base(base_name, verbose=False), Path(pre["run_dir"]) / "adapter.safetensors"
-        )
-    else:
-        base_name = preset(cell.table.preset).base
-        backbone = load_base(base_name, verbose=False)
+    base_name, backbone = _cell_backbone(cell, train_cfg, pre)
     terms = tuple(cell.row.terms)
     encoder, encoder_name = None, None
     if "ssr" in terms:
@@ -326,14 +335,9 @@ def run_segmentation_cell(
             encoder_name = f"frozen base {base_name} (the evaluated backbone itself)"
 
     seg = seg_config(cell)
-    threads = torch.get_num_threads()
-    if cell.table.threads:
-        torch.set_num_threads(cell.table.threads)
-    try:
+    with _table_threads(cell):
         train_ds, val_ds = probe_datasets(cell.dataset)
         result = train_segmentation(backbone, train_ds, val_ds, seg, extra_terms=terms, ssr_encoder=encoder)
-    finally:
-        torch.set_num_threads(threads)
 
     frozen_dim = encoder.embed_dim if encoder is not None else backbone.embed_dim
     check = inference_parameter_check(
@@ -352,17 +356,7 @@ def run_segmentation_cell(
     )
     t = result["timings"]
     metrics = {
-        "miou": result["miou"],
-        "pixel_acc": result["pixel_acc"],
-        "mean_acc": result["mean_acc"],
-        "per_class_iou": result["per_class_iou"],
-        "knn_top1": None,
-        "knn_top5": None,
-        "trainable_params": int(pre["summary"].get("trainable_params", 0)) if pre else 0,
-        "pretrain_minutes": (pre["step_seconds_total"] / 60) if pre else 0.0,
-        "pretrain_seconds_per_step": pre["seconds_per_step"] if pre else None,
-        "probe_seconds": t["total_s"],
-        "knn_seconds": None,
+        **_cell_metrics(result, pre, t["total_s"], knn=None),
         "inference_params": result["parameters"]["inference"],
         "training_only_params": result["parameters"]["training_only"],
         "decoder_seconds_per_step": t["step_s"],
