@@ -115,6 +115,17 @@ def _cell_identity(cell: Cell, smoke: bool) -> dict[str, Any]:
     }
 
 
+def _cell_setup(cell: Cell, base_name: str) -> dict[str, Any]:
+    """The set-up a cell's record names first in its ``config``: the base model, the row, the dataset and the
+    table's preset."""
+    return {
+        "base": base_name,
+        "row": dataclasses.asdict(cell.row),
+        "dataset": dataclasses.asdict(cell.dataset),
+        "table_preset": cell.table.preset,
+    }
+
+
 def _cell_provenance(cell: Cell, started: str, t0: float) -> dict[str, Any]:
     """Where and when a cell was computed: commit, machine, threads, start and end, wall time since ``t0``."""
     return {
@@ -202,10 +213,7 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
         **_cell_identity(cell, smoke),
         "metrics": metrics,
         "config": {
-            "base": base_name,
-            "row": dataclasses.asdict(cell.row),
-            "dataset": dataclasses.asdict(cell.dataset),
-            "table_preset": cell.table.preset,
+            **_cell_setup(cell, base_name),
             "table_overrides": list(cell.table.overrides),
             "train": train_cfg.to_dict() if train_cfg is not None else None,
             "probe": probe.to_dict(),
@@ -368,10 +376,7 @@ def run_segmentation_cell(
         "backbone": "adapted" if cell.row.pretrain else "base",
         "metrics": metrics,
         "config": {
-            "base": base_name,
-            "row": dataclasses.asdict(cell.row),
-            "dataset": dataclasses.asdict(cell.dataset),
-            "table_preset": cell.table.preset,
+            **_cell_setup(cell, base_name),
             "adapter_source": f"{source.table.name}/{source.key}" if source else None,
             "train": train_cfg.to_dict() if train_cfg is not None else None,
             "segmentation": seg.to_dict(),
