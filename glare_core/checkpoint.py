@@ -24,9 +24,6 @@ and plain data only and is read with :func:`glare_core.runs.load_checkpoint` (``
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,23 +90,9 @@ def run_state_dict(model: nn.Module, frozen: set[int]) -> dict[str, torch.Tensor
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: the old file stays intact
-    until the new one is complete, and a failed write leaves no partial file behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`glare_core.runs.atomic_write`: the old file stays intact until the new
+    one is complete, and a failed write leaves no partial file behind."""
+    runs.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def _trained_tensors(

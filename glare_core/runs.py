@@ -1,8 +1,8 @@
 """Run folders: what :func:`glare_core.train.pretrain` checks before it writes anything, and how it writes.
 
 A run folder holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``adapter.safetensors`` (and the
-student's ``adapter_student.safetensors``) and
-``summary.json`` (:data:`RUN_FILES`). The rules, so that no run is lost and no file runs code:
+student's ``adapter_student.safetensors``) and ``summary.json`` (:data:`RUN_FILES`). The rules, so that no run
+is lost and no file runs code:
 
 * A new run refuses a folder that already holds a run, unless the caller asks to overwrite it
   (:func:`check_run_folder`); an unwritable folder is found before any work is done (:func:`check_writable`).
@@ -12,7 +12,7 @@ student's ``adapter_student.safetensors``) and
 * Checkpoints are read with ``torch.load(weights_only=True)`` only (:func:`load_checkpoint`): a file that
   holds anything but tensors and plain data is refused, and every failure names the file and the fix.
 * Nothing is written in place: JSON and checkpoints go to a temporary file that replaces the old one in one
-  ``os.replace`` (:func:`atomic_write_text`); temporaries a kill left behind are removed at the next start
+  ``os.replace`` (:func:`atomic_write`); temporaries a kill left behind are removed at the next start
   (:func:`remove_stale_temporaries`).
 * A checkpoint is written only if every trained tensor and gradient is finite and not absurdly large
   (:func:`check_finite_state`), so "the last good checkpoint" is good.
@@ -28,9 +28,9 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -310,14 +310,20 @@ def check_finite_values(values: Mapping[str, float], where: str) -> None:
 
 
 # ---------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file in the same folder and ``os.replace``: readers see the old
-    file or the new one, never a partial one."""
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
+    """Write a file through a temporary file in the same folder and ``os.replace``: readers see the old file
+    or the new one, never a partial one, and a failed write leaves no temporary file behind.
+
+    Args:
+        path: the file.
+        write: writes the content to the open temporary file (text, or bytes with ``binary=True``).
+        binary: open the temporary file in binary mode.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         _usual_permissions(tmp)
@@ -326,6 +332,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` of a text."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
