@@ -7,7 +7,8 @@ The model
     ``uniadapter``      UniAdapter, the only weights GLARE trains
     ``lora``            LoRA, the low-rank alternative
     ``tuning``          adapter / LoRA / full fine-tuning switch, parameter counts
-    ``weights``         named base models: hub, local checkpoints, the offline DINOv2 (ONNX -> timm)
+    ``weights``         named base models: registry, loading, checkpoint formats, preparing the cache, the
+                        offline DINOv2 (ONNX -> timm)
 
 The GLARE objective
     ``views``           two global views per image with their crop boxes and flips
@@ -16,11 +17,22 @@ The GLARE objective
     ``losses``          ``global_consistency`` (G), ``local_consistency`` (L), ``regional_consistency`` (R)
     ``teacher``         student with adapters, EMA teacher, adapter export
     ``objective``       one GLARE step: views -> teacher -> student -> L_G + L_L + L_R
+    ``schedules``       per-step schedules: learning rate, weight decay, EMA momentum, teacher temperature
 
-Training and evaluation
+Pre-training
     ``config``          ``TrainConfig`` and presets (smoke, demo, cpu, colab_t4, paper)
     ``train``           the training loop: resumable, mixed precision, data-parallel
+    ``feed``            the pre-training data feed, its order fixed by the step
+    ``trunk``           the cached frozen trunk (this project's CPU design)
+    ``checkpoint``      what a run's checkpoint holds, how it is written and restored
+    ``run_report``      ``metrics.jsonl``, the console lines, ``summary.json``
+    ``runs``            run folders: checks before writing, atomic writes, safe checkpoint reading
+    ``rng``             one seed for every generator, and their states for an exact resume
     ``distributed``     torchrun / DistributedDataParallel helpers
+    ``precision``       the autocast precision ``auto`` picks from a measurement; what stays float32
+    ``telemetry``       did pre-training move the model: adapter share, token change
+
+Evaluation and the study
     ``data``            CamVid, IDD-Lite, Cityscapes, ADE20K, LoveDA, Hugging Face, synthetic; downloads
     ``features``        frozen-feature extraction with an on-disk cache
     ``probe``           linear probe and light decoder heads
@@ -39,6 +51,9 @@ The neighbours (``neighbours/``: the other seed methods, for comparison)
 
 Around it
     ``paths``           where data, weights and runs live
+    ``provenance``      which code produced a result: the git commit, uncommitted changes
+    ``system``          what machine this is: the record every result carries, ``glare system``
+    ``errors``          errors a user can fix, and the command's exit codes
     ``notebook``        helpers for the book's chapters
     ``cli``             the ``glare`` command (subcommands in ``commands/``)
 """
