@@ -299,11 +299,11 @@ def _efficiency() -> Table:
 #: the last block's tokens of the frozen backbone at the probe's input size (448 x 336 for CamVid: 32 x 24
 #: cells of 14 px, the same cached features as the main table's probe), the light decoder of width 256, AdamW
 #: at 1e-3 (Design, not tuned), batch 8, cross-entropy at half label resolution (as the probe), evaluation at
-#: full resolution. Steps: 1000 (the probe's), sized from step times measured with ``glare experiment
-#: neighbours --measure`` on the shared 2-core AMD EPYC machine, one thread: 0.31 s (decoder alone), 0.75 s (+
-#: PiPa), 0.77 s (+ SSR) per step, i.e. about 5, 12.5 and 13 minutes per cell with cached features (CPU
-#: seconds per step, measured alongside: 0.29 / 0.79 / 0.82). Two threads were about 1.5x faster per step at
-#: 224 x 168 on a quiet machine; not measured at 448 x 336 on an idle one.
+#: full resolution. Steps: 1000 (the probe's), sized from step times measured with
+#: ``glare experiment neighbours --measure`` on the shared 2-core AMD EPYC machine, one thread: 0.31 s
+#: (decoder alone), 0.75 s (+ PiPa), 0.77 s (+ SSR) per step, i.e. about 5, 12.5 and 13 minutes per cell with
+#: cached features (CPU seconds per step, measured alongside: 0.29 / 0.79 / 0.82). Two threads were about 1.5x
+#: faster per step at 224 x 168 on a quiet machine; not measured at 448 x 336 on an idle one.
 NEIGHBOUR_SEG = {
     "layers": "last",
     "hidden_dim": 256,
