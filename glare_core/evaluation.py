@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,15 @@ _Protocol = TypeVar("_Protocol", bound="Protocol")
 class Protocol:
     """What the downstream protocols share (:class:`ProbeConfig`, and the light decoder's
     :class:`~glare_core.neighbours.segmentation.SegTrainConfig`): a seconds-long ``smoke`` preset chosen by
-    ``GLARE_SMOKE=1``, and the dict of the recorded fields that goes into every result."""
+    ``GLARE_SMOKE=1``, the dict of the recorded fields that goes into every result, and the settings of the
+    frozen-feature extraction."""
+
+    layers: str
+    feature_batch_size: int
+    cache: bool
+    precision: str
+    progress: bool | None
+    num_workers: int = 0  # data-loader workers of the extraction: a field of ProbeConfig, 0 elsewhere
 
     @classmethod
     def smoke(cls: type[_Protocol], **overrides) -> _Protocol:
@@ -86,6 +94,19 @@ class Protocol:
                     value = dataclasses.asdict(value)  # type: ignore[arg-type]
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+    def extraction(self, size: tuple[int, int]) -> dict[str, Any]:
+        """The keyword arguments of :func:`~glare_core.features.extract_features` the protocol fixes, at the
+        input ``size`` (H, W): layers, batch size, cache, precision, data-loader workers, progress bar."""
+        return dict(
+            size=size,
+            layers=self.layers,
+            batch_size=self.feature_batch_size,
+            cache=self.cache,
+            precision=self.precision,
+            num_workers=self.num_workers,
+            progress=show_progress(self.progress),
+        )
 
 
 @dataclass
@@ -256,15 +277,7 @@ def evaluate_backbone(
     num_classes, classes, ignore_index = label_space(train_ds, val_ds)
     size = probe_size(cfg.size, backbone.patch_size)
     was_training = backbone.training  # restored at the end: callers may evaluate mid-training
-    common = dict(
-        size=size,
-        layers=cfg.layers,
-        batch_size=cfg.feature_batch_size,
-        cache=cfg.cache,
-        precision=cfg.precision,
-        num_workers=cfg.num_workers,
-        progress=show_progress(cfg.progress),
-    )
+    common = cfg.extraction(size)
     start = time.perf_counter()
     train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
     val = None  # "slide" predicts from the images, not from cached features

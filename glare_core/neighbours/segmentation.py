@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from ..backbone import Backbone
 from ..evaluation import Protocol, label_space
-from ..features import backbone_fingerprint, extract_features, probe_size, show_progress
+from ..features import backbone_fingerprint, extract_features, probe_size
 from ..metrics import segmentation_scores
 from ..precision import autocast, resolve_precision
 from ..probe import DecoderProbe, evaluate_head, subsample_labels
@@ -302,15 +302,8 @@ def train_segmentation(
         raise ValueError(f"extra_terms {unknown} unknown; choose from {TERMS}")
     num_classes, classes, ignore_index = label_space(train_ds, val_ds)
     size = probe_size(cfg.size, backbone.patch_size)
-    progress = show_progress(cfg.progress)
-    common = dict(
-        size=size,
-        layers=cfg.layers,
-        batch_size=cfg.feature_batch_size,
-        cache=cfg.cache,
-        precision=cfg.precision,
-        progress=progress,
-    )
+    common = cfg.extraction(size)
+    progress = common["progress"]
 
     # 1. frozen features (cached), and SSR's frozen maps
     start = time.perf_counter()
