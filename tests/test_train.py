@@ -19,7 +19,7 @@ from glare_core.train import NonFiniteLossError, pretrain
 
 # ---------------------------------------------------------------------------- config and --set
 def test_presets_validate_and_round_trip(tmp_path: Path):
-    for name in ("smoke", "demo", "cpu", "colab_t4", "paper"):
+    for name in ("smoke", "demo", "cpu", "cpu_trunk", "colab_t4", "paper"):
         cfg = preset(name).validate()
         assert cfg.preset == name
         cfg.save(tmp_path / f"{name}.json")
