@@ -1,94 +1,24 @@
-"""The package's import graph: no cycle anywhere (imports inside functions included), and the study's layers.
-
-The graph is read from the source with ``ast``, so an import hidden inside a function counts like one at the
-top of a module: a cycle cannot be made to work by importing late. Imports under ``if TYPE_CHECKING:`` are
-annotations only (never executed) and do not count.
+"""The package's import graph (``tools/import_graph.py``): no cycle anywhere (imports inside functions
+included), every module in its layer importing only its own or lower layers, and the study's layers.
 """
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 from pathlib import Path
 
-import glare_core
-
-PACKAGE = Path(glare_core.__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("import_graph", ROOT / "tools" / "import_graph.py")
+import_graph_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(import_graph_tool)
+PACKAGE = import_graph_tool.PACKAGE
+cycles, import_graph, problems = (
+    import_graph_tool.cycles,
+    import_graph_tool.import_graph,
+    import_graph_tool.problems,
+)
 #: The study's modules, lowest layer first (``glare_core/study/__init__.py`` says what each holds).
 STUDY_LAYERS = ("tables", "configs", "store", "stats", "report", "figures", "timing", "runner")
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def import_graph() -> dict[str, set[str]]:
-    """{module: the glare_core modules it imports anywhere in its source}.
-
-    ``from . import x`` names the submodule ``x`` when there is one, else the package; ``from .a import b``
-    names ``a`` (``a.b`` when that is a submodule)."""
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in files.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        tree = ast.parse(path.read_text(), str(path))
-        typing_only = {
-            id(n)
-            for block in ast.walk(tree)
-            if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
-            for stmt in block.body
-            for n in ast.walk(stmt)
-        }
-        edges = set()
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    base = node.module or ""
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
-            else:
-                continue
-            edges |= {t for t in targets if t in files and t != name}
-        graph[name] = edges
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component of more than one module (Tarjan's algorithm)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
 
 
 def test_the_graph_reader_sees_imports_inside_functions():
@@ -101,6 +31,15 @@ def test_the_graph_reader_sees_imports_inside_functions():
 def test_no_import_cycle_in_the_package():
     found = cycles(import_graph())
     assert not found, f"import cycles (function-local imports included): {found}"
+
+
+def test_every_module_imports_only_its_layer_or_lower_ones():
+    assert problems(import_graph()) == []
+    fake = {"glare_core.paths": {"glare_core.train"}, "glare_core.train": set(), "glare_core.extra": set()}
+    assert problems(fake) == [
+        "glare_core.extra: in no layer of tools/import_graph.py's LAYERS; add it",
+        "glare_core.paths (foundations) imports glare_core.train (training), a higher layer",
+    ]
 
 
 def test_each_study_module_imports_only_the_layers_below_it():
