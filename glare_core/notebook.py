@@ -1,50 +1,38 @@
 """Helpers for the book's notebooks: one setup call, cached heavy work, and image grids.
 
-Every chapter's setup cell does::
+Every chapter's first code cell ends with::
 
     from glare_core.notebook import setup
-    env = setup()
+    env = setup(data=["camvid"])
 
-which detects Colab, installs what is missing there (this package only, never torch, torchvision or
-numpy), picks the device (CUDA, else CPU with a loud warning), reports smoke mode (``GLARE_SMOKE=1``), seeds
-every generator and sets matplotlib defaults. Heavy cells go through :func:`load_or_compute`, which loads a
-committed result when the full run already produced it and computes (and saves) it otherwise, following the
-UvA deep-learning notebooks and fastbook. None of this is part of the GLARE method.
+which runs :func:`glare_core.bootstrap.bootstrap` (in Colab: install this package from the clone, only
+the missing light dependencies, never torch, torchvision or numpy; everywhere: find or download the chapter's
+data and pick the base model, ``env.base``), picks the device (CUDA, else CPU with a loud warning), reports
+smoke mode (``GLARE_SMOKE=1``), seeds every generator and sets matplotlib defaults. Heavy cells go through
+:func:`load_or_compute`, which loads a committed result when the full run already produced it and computes
+(and saves) it otherwise, following the UvA deep-learning notebooks and fastbook. None of this is part of the
+GLARE method.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .backbone import Backbone
+from .bootstrap import bootstrap
 from .paths import REPO_ROOT, data_roots, results_dir, smoke_mode
 from .rng import seed_everything
 from .runs import safe_torch_load
 
-#: Where Colab readers install the package from (``pip install --no-deps`` of this repository).
-REPOSITORY_URL = "https://github.com/glare-book/glare-book"
-
-#: Light run-time dependencies that may be missing in Colab: import name -> pip requirement.
-#: torch, torchvision and numpy are deliberately absent: Colab's own builds must never be replaced.
-LIGHT_DEPENDENCIES = {
-    "timm": "timm>=1.0.9",
-    "einops": "einops>=0.7",
-    "safetensors": "safetensors>=0.4",
-    "datasets": "datasets>=2.18",
-    "ipywidgets": "ipywidgets>=8.0",
-    "tqdm": "tqdm>=4.64",
-}
+if TYPE_CHECKING:  # imported lazily: setup() may first have to install timm (Colab)
+    from .backbone import Backbone
 
 CPU_WARNING = """\
 !!! Running on the CPU: no GPU was found. !!!
@@ -68,6 +56,10 @@ class Env:
         data_dir: the first existing data root (``$GLARE_DATA_DIR``, ``../shared/data``, the user cache),
             or the user cache folder where the Colab download helpers put datasets.
         seed: the seed every generator was set to.
+        base: the base model to load, ``load_base(env.base)`` (see :func:`glare_core.bootstrap.pick_base`):
+            the offline base locally, the official DINO ViT-S/16 in Colab, ``$GLARE_BASE`` when set.
+        data: the datasets the chapter asked for: name -> folder, or None when it is missing (IDD-Lite needs
+            a registration; the chapter skips what needs it).
     """
 
     device: torch.device
@@ -75,37 +67,20 @@ class Env:
     colab: bool
     data_dir: Path
     seed: int = 0
+    base: str = ""
+    data: Mapping[str, Path | None] = field(default_factory=dict)
 
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    def has(self, dataset: str) -> bool:
+        """True when ``dataset`` was found or downloaded by :func:`setup`."""
+        return self.data.get(dataset) is not None
+
     def pick(self, full: Any, smoke: Any) -> Any:
         """``smoke`` in smoke mode, else ``full``: ``steps = env.pick(300, 3)``."""
         return smoke if self.smoke else full
-
-
-def in_colab() -> bool:
-    """True when running inside Google Colab."""
-    return "google.colab" in sys.modules
-
-
-def install_in_colab(quiet: bool = True) -> list[str]:
-    """Install this package and only the missing light dependencies, never re-pinning torch or numpy.
-
-    ``pip install --no-deps`` of the repository keeps Colab's torch, torchvision and numpy; then every entry
-    of :data:`LIGHT_DEPENDENCIES` that cannot be imported is installed. Returns the requirements installed.
-    """
-    pip = [sys.executable, "-m", "pip", "install"] + (["-q"] if quiet else [])
-    installed = []
-    if importlib.util.find_spec("glare_core") is None:
-        subprocess.check_call(pip + ["--no-deps", f"git+{REPOSITORY_URL}"])
-        installed.append("glare-core")
-    missing = [req for mod, req in LIGHT_DEPENDENCIES.items() if importlib.util.find_spec(mod) is None]
-    if missing:
-        subprocess.check_call(pip + missing)
-        installed += missing
-    return installed
 
 
 def pick_device() -> torch.device:
@@ -158,21 +133,21 @@ def _first_data_dir() -> Path:
     return roots[-1]
 
 
-def setup(seed: int = 0, verbose: bool = True) -> Env:
-    """Prepare a notebook: install in Colab, pick the device, seed, set plot defaults, report smoke mode.
+def setup(seed: int = 0, verbose: bool = True, data: Sequence[str] = ("camvid",), base: bool = True) -> Env:
+    """Prepare a notebook: bootstrap (install in Colab, data, base model), pick the device, seed, set plot
+    defaults, report smoke mode.
 
     Args:
         seed: the seed for Python, NumPy and PyTorch.
-        verbose: print what was found (device, smoke mode, data folder).
+        verbose: print what was done and found (set-up line, device, smoke mode).
+        data: the datasets the chapter reads; CamVid is downloaded when missing, IDD-Lite is reported missing.
+        base: pick the base model (``env.base``); False for chapters that load none.
 
     Returns:
-        :class:`Env` with ``device``, ``smoke``, ``colab``, ``data_dir`` and ``seed``.
+        :class:`Env` with ``device``, ``smoke``, ``colab``, ``data_dir``, ``seed``, ``base`` and ``data``.
     """
-    colab = in_colab()
-    if colab:
-        installed = install_in_colab()
-        if installed and verbose:
-            print("Installed in Colab:", ", ".join(installed))
+    done = bootstrap(data=data, base=base, verbose=verbose)
+    colab = done.colab
     smoke = smoke_mode()
     if smoke:
         # tqdm >= 4.66 reads TQDM_DISABLE: no progress bars, so smoke runs print the same lines every time.
@@ -181,7 +156,15 @@ def setup(seed: int = 0, verbose: bool = True) -> Env:
     seed_everything(seed)
     use_inline_figures()
     set_plot_defaults()
-    env = Env(device=device, smoke=smoke, colab=colab, data_dir=_first_data_dir(), seed=seed)
+    env = Env(
+        device=device,
+        smoke=smoke,
+        colab=colab,
+        data_dir=_first_data_dir(),
+        seed=seed,
+        base=done.base or "",
+        data=done.data,
+    )
     if verbose:
         name = torch.cuda.get_device_name(0) if env.on_gpu else "CPU"
         print(f"device: {device} ({name}) | torch {torch.__version__} | colab: {colab}")

@@ -360,23 +360,6 @@ def test_setup_in_smoke_mode(monkeypatch):
     assert torch.equal(a, torch.rand(3)), "setup(seed=3) must seed torch like seed_everything(3)"
 
 
-def test_colab_install_never_touches_torch_or_numpy(monkeypatch):
-    calls = []
-    monkeypatch.setattr(notebook.subprocess, "check_call", lambda cmd: calls.append(cmd))
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        notebook.importlib.util,
-        "find_spec",
-        lambda name: None if name in ("glare_core", "einops") else real(name),
-    )
-    installed = notebook.install_in_colab()
-    assert installed[0] == "glare-core" and "--no-deps" in calls[0]
-    assert calls[0][-1] == f"git+{notebook.REPOSITORY_URL}"
-    assert calls[1][-1] == notebook.LIGHT_DEPENDENCIES["einops"] and len(calls) == 2
-    flat = " ".join(" ".join(c) for c in calls)
-    assert not re.search(r"\b(torch|torchvision|numpy)\b", flat), flat
-
-
 @pytest.mark.parametrize("suffix", [".json", ".pt", ".npz"])
 def test_load_or_compute_saves_then_loads(tmp_path, monkeypatch, suffix):
     monkeypatch.delenv("GLARE_SMOKE", raising=False)
