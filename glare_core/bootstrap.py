@@ -234,6 +234,7 @@ def fetch_official_dino(progress: bool = True) -> str:
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     tensors = {k: v.detach().contiguous() for k, v in vit.state_dict().items()}
     save_file(tensors, str(tmp), metadata={"name": OFFICIAL_BASE, "source": url})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     record = {"name": OFFICIAL_BASE, "source": url, "sha256": sha256_of(pth), "layout": layout}
     provenance_path(OFFICIAL_BASE).write_text(json.dumps(record, indent=2) + "\n")

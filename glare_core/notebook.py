@@ -146,12 +146,13 @@ def setup(seed: int = 0, verbose: bool = True, data: Sequence[str] = ("camvid",)
     Returns:
         :class:`Env` with ``device``, ``smoke``, ``colab``, ``data_dir``, ``seed``, ``base`` and ``data``.
     """
-    done = bootstrap(data=data, base=base, verbose=verbose)
-    colab = done.colab
     smoke = smoke_mode()
     if smoke:
-        # tqdm >= 4.66 reads TQDM_DISABLE: no progress bars, so smoke runs print the same lines every time.
+        # tqdm >= 4.66 reads TQDM_DISABLE: no progress bars (the set-up's downloads included), so smoke runs
+        # print the same lines every time.
         os.environ["TQDM_DISABLE"] = "1"
+    done = bootstrap(data=data, base=base, verbose=verbose)
+    colab = done.colab
     device = pick_device()
     seed_everything(seed)
     use_inline_figures()
