@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup chromium demo test lint format type-check unit nbval book student pages bench clean
+.PHONY: setup chromium demo test lint format type-check unit nbval rehearsal book student pages bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/glare demo
 
-test: setup chromium lint unit nbval book pages
+test: setup chromium lint unit nbval rehearsal book pages
 
 lint: setup
 	$(BIN)/ruff check glare_core tests tools
@@ -44,6 +44,12 @@ unit: setup
 nbval: setup
 	GLARE_SMOKE=1 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
 		$$($(BIN)/python tools/book_toc.py notebooks)
+
+# The Colab reader's path, offline: a fresh environment with only Colab's packages (torch from TORCH_SPEC, so pip
+# reuses the wheels setup downloaded), chapters 0, 1, 3, 8 and 9 in smoke mode, cloning and downloading from a
+# local server (tools/colab_rehearsal.py says what stands in for what).
+rehearsal: setup
+	$(BIN)/python tools/colab_rehearsal.py --torch-spec "$(TORCH_SPEC)"
 
 book: setup
 	$(BIN)/jupyter-book build . -W --keep-going
