@@ -55,6 +55,9 @@ Around it
     ``system``          what machine this is: the record every result carries, ``glare system``
     ``errors``          errors a user can fix, and the command's exit codes
     ``notebook``        helpers for the book's chapters
+    ``bootstrap``       the chapters' set-up: install in Colab, data, base model
+    ``sources``         every download URL, each overridable by an environment variable
+    ``diagrams``        boxes and arrows of the book's schematic figures
     ``cli``             the ``glare`` command (subcommands in ``commands/``)
 """
 
