@@ -361,11 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         if after != before:
             problems.append(f"the chapters changed Colab's packages: {before} -> {after}")
     finally:
+        t = time.perf_counter()
         if server is not None:
             server.shutdown()
             server.server_close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        timings["clean-up"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     say("times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     if args.keep:
