@@ -166,3 +166,22 @@ def test_the_weights_registry_reads_its_urls_from_sources():
     bases = known_bases()
     assert bases["dino_vits16_full"].location == sources.SOURCES["dino_vits16_full"].url
     assert bases["dino_vits16"].manual == sources.SOURCES["dino_vits16"].url
+
+
+def test_every_chapter_opens_with_the_set_up_cell_of_the_docstring():
+    """One set-up cell for the book: the lines of bootstrap's docstring, then the chapter's setup()."""
+    import textwrap
+
+    import nbformat
+
+    from glare_core import book_toc
+
+    doc = bootstrap.__doc__.split("Every chapter's first code cell is::\n\n", 1)[1].split("\n\nThe cell", 1)[
+        0
+    ]
+    template = textwrap.dedent(doc).splitlines()
+    for path in book_toc.toc_notebooks(bootstrap.REPO_ROOT / "_toc.yml"):
+        code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        lines = code[0].source.splitlines()
+        assert lines[:-1] == template[:-1], f"{path.name}: the first cell is not the book's set-up cell"
+        assert re.fullmatch(r"env = setup\(seed=0, data=\[[^\]]*\](, base=False)?\)", lines[-1]), lines[-1]
