@@ -11,20 +11,24 @@ from pathlib import Path
 import pytest
 from fixtures_data import make_camvid
 
-from glare_core import book_toc, sources
+from glare_core import sources
 from glare_core.data import build_dataset
 from glare_core.data.download import download_camvid
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def rehearsal():
-    spec = importlib.util.spec_from_file_location("colab_rehearsal", ROOT / "tools" / "colab_rehearsal.py")
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def rehearsal():
+    return _load_tool("colab_rehearsal")
 
 
 def test_the_code_host_serves_a_shallow_clone_of_head(rehearsal, tmp_path):
@@ -82,6 +86,6 @@ def test_the_kernel_sees_no_checkout_and_the_local_hosts(rehearsal, tmp_path, mo
 
 
 def test_the_rehearsed_chapters_are_in_the_book(rehearsal):
-    stems = [p.stem for p in book_toc.toc_notebooks(ROOT / "_toc.yml")]
+    stems = [p.stem for p in _load_tool("book_toc").toc_notebooks(ROOT / "_toc.yml")]
     assert set(rehearsal.DEFAULT_CHAPTERS) <= set(stems)
     assert [stems.index(c) for c in rehearsal.DEFAULT_CHAPTERS] == [0, 1, 3, 8, 9]
