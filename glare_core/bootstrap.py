@@ -228,7 +228,8 @@ def fetch_official_dino(progress: bool = True) -> str:
         return f"{OFFICIAL_BASE} (official DINO ViT-S/16, cached)"
     url = sources.url(OFFICIAL_BASE)
     pth = weights_dir() / "downloads" / Path(url).name
-    download_file(url, pth, sha256=sources.sha256(OFFICIAL_BASE), what=spec.description, progress=progress)
+    what = sources.SOURCES[OFFICIAL_BASE].what
+    download_file(url, pth, sha256=sources.sha256(OFFICIAL_BASE), what=what, progress=progress)
     state, _, layout = read_checkpoint(pth)
     vit = vit_for_state_dict(state, arch=spec.arch, source=str(pth))
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
