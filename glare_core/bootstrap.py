@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -187,8 +188,6 @@ def ensure_data(name: str, progress: bool = True) -> tuple[Path | None, str]:
     if found is not None:
         return found, f"{name} at {found}"
     if name == "camvid":
-        import json
-
         folder = download.download_camvid(progress=progress)
         digest = json.loads(folder.with_name(folder.name + ".source.json").read_text())["sha256"]
         checked = "checked against $GLARE_CAMVID_SHA256" if sources.sha256("camvid") else "recorded"
@@ -215,12 +214,9 @@ def fetch_official_dino(progress: bool = True) -> str:
         DataError: the download failed (offline, HTTP error, checksum mismatch).
         ValueError: the file is not a ViT-S/16 backbone.
     """
-    import json
-
-    from safetensors.torch import save_file
-
-    from .data.download import download_file, sha256_of
+    from .data.download import download_file
     from .weights import known_bases, provenance_path, read_checkpoint, vit_for_state_dict, weights_dir
+    from .weights.formats import save_safetensors_atomic, sha256_file, write_json_atomic
 
     spec = known_bases()[OFFICIAL_BASE]
     out = spec.cached_path()
@@ -232,13 +228,9 @@ def fetch_official_dino(progress: bool = True) -> str:
     download_file(url, pth, sha256=sources.sha256(OFFICIAL_BASE), what=what, progress=progress)
     state, _, layout = read_checkpoint(pth)
     vit = vit_for_state_dict(state, arch=spec.arch, source=str(pth))
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    tensors = {k: v.detach().contiguous() for k, v in vit.state_dict().items()}
-    save_file(tensors, str(tmp), metadata={"name": OFFICIAL_BASE, "source": url})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    record = {"name": OFFICIAL_BASE, "source": url, "sha256": sha256_of(pth), "layout": layout}
-    provenance_path(OFFICIAL_BASE).write_text(json.dumps(record, indent=2) + "\n")
+    save_safetensors_atomic(vit.state_dict(), out, {"name": OFFICIAL_BASE, "source": url})
+    record = {"name": OFFICIAL_BASE, "source": url, "sha256": sha256_file(pth), "layout": layout}
+    write_json_atomic(record, provenance_path(OFFICIAL_BASE))
     pth.unlink()
     return f"{OFFICIAL_BASE} (official DINO ViT-S/16, downloaded from {url})"
 
