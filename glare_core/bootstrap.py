@@ -54,7 +54,8 @@ from . import sources
 from .paths import REPO_ROOT, find_dataset_dir
 
 #: Light run-time dependencies that may be missing in Colab: import name -> pip requirement (the package's own
-#: dependencies). torch, torchvision and numpy are deliberately absent: Colab's own builds are never replaced.
+#: dependencies in ``pyproject.toml``; ``tests/test_bootstrap.py`` checks that they agree). torch, torchvision
+#: and numpy are deliberately absent: Colab's own builds are never replaced.
 LIGHT_DEPENDENCIES = {
     "timm": "timm>=1.0.9",
     "einops": "einops>=0.7",
@@ -64,6 +65,7 @@ LIGHT_DEPENDENCIES = {
     "matplotlib": "matplotlib>=3.7",
     "ipywidgets": "ipywidgets>=8.0",
     "tqdm": "tqdm>=4.64",
+    "scipy": "scipy>=1.10",
 }
 
 #: The base Colab readers start from: the official DINO ViT-S/16 (``sources.url("dino_vits16")``).

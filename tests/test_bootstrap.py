@@ -82,6 +82,15 @@ def test_install_never_touches_torch_or_numpy(monkeypatch):
     assert not re.search(r"\b(torch|torchvision|numpy)\b", flat), flat
 
 
+def test_light_dependencies_are_the_package_dependencies_but_torch_and_numpy():
+    import tomllib
+
+    pyproject = tomllib.loads((bootstrap.REPO_ROOT / "pyproject.toml").read_text())
+    names = {re.split(r"[<>=!~ ]", req)[0].lower() for req in pyproject["project"]["dependencies"]}
+    light = {re.split(r"[<>=!~ ]", req)[0].lower() for req in bootstrap.LIGHT_DEPENDENCIES.values()}
+    assert light == names - {"torch", "torchvision", "numpy"}
+
+
 def test_local_set_up_installs_nothing_and_picks_the_offline_base(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     monkeypatch.delenv("GLARE_BASE", raising=False)

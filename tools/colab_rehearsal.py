@@ -5,12 +5,12 @@
 * **The runtime.** A fresh virtual environment holding only what Colab preinstalls: torch and torchvision
   from the Makefile's ``TORCH_SPEC`` (``--torch-spec``: the same pinned spec, so pip takes the wheels that
   ``make setup`` downloaded from its cache, and a clean CI machine downloads torch once, not twice) and the
-  pins of :data:`COLAB_PACKAGES` (numpy 2.4.6, timm 1.0.31, datasets 5.2.0, einops 0.8.2, safetensors 0.8.0,
-  matplotlib 3.11.2, pillow 13.0.0, pandas 3.1.1, ipywidgets 8.1.9, setuptools 84.2.1; ipykernel 7.4.0,
-  nbclient 0.11.0 and nbformat 5.11.1 to execute the notebooks: the versions ``make setup`` resolves beside
-  that torch). No ``glare_core``, no checkout on ``sys.path`` (no ``PYTHONPATH``), no ``../shared/data``:
-  each chapter runs in its own empty folder outside the repository, with its own empty ``XDG_CACHE_HOME``
-  and ``HOME``, like a fresh Colab VM, and ``glare-core`` is uninstalled between chapters.
+  pins of :data:`COLAB_PACKAGES` (numpy 2.4.6, scipy 1.17.1, timm 1.0.31, datasets 5.2.0, einops 0.8.2,
+  safetensors 0.8.0, matplotlib 3.11.2, pillow 13.0.0, pandas 3.1.1, ipywidgets 8.1.9, setuptools 84.2.1;
+  ipykernel 7.4.0, nbclient 0.11.0 and nbformat 5.11.1 to execute the notebooks: the versions ``make setup``
+  resolves beside that torch). No ``glare_core``, no checkout on ``sys.path`` (no ``PYTHONPATH``), no
+  ``../shared/data``: each chapter runs in its own empty folder outside the repository, with its own empty
+  ``XDG_CACHE_HOME`` and ``HOME``, like a fresh Colab VM, and ``glare-core`` is uninstalled between chapters.
   ``COLAB_RELEASE_TAG`` is set, as Colab sets it; ``PIP_NO_INDEX=1``, so a chapter that needs a package
   Colab lacks fails instead of fetching it; ``HF_HUB_OFFLINE=1``.
 * **The code host.** The committed ``HEAD`` of this repository as a bare clone (``git clone --bare`` and
@@ -61,6 +61,7 @@ from glare_core.paths import find_dataset_dir  # noqa: E402
 #: What Colab preinstalls (besides torch and torchvision, which come from ``--torch-spec``), pinned.
 COLAB_PACKAGES = [
     "numpy==2.4.6",
+    "scipy==1.17.1",
     "timm==1.0.31",
     "datasets==5.2.0",
     "einops==0.8.2",
