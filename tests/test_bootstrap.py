@@ -83,8 +83,7 @@ def test_install_never_touches_torch_or_numpy(monkeypatch):
 
 
 def test_light_dependencies_are_the_package_dependencies_but_torch_and_numpy():
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((bootstrap.REPO_ROOT / "pyproject.toml").read_text())
     names = {re.split(r"[<>=!~ ]", req)[0].lower() for req in pyproject["project"]["dependencies"]}
     light = {re.split(r"[<>=!~ ]", req)[0].lower() for req in bootstrap.LIGHT_DEPENDENCIES.values()}
