@@ -27,7 +27,10 @@
 
 Every chapter must execute without an error in smoke mode (``GLARE_SMOKE=1``); then the rehearsal checks
 that the set-up cloned and installed the repository and downloaded CamVid from the local host, and that
-torch, torchvision and numpy are unchanged, and prints the time of each step.
+torch, torchvision and numpy are unchanged, and prints the time of each step. Measured on the project's
+2-core AMD EPYC while other jobs ran (load average 3 to 4), with pip taking the wheels from a local package
+index: 7 min 8 s in all, of which 1 min 45 s to build the environment, 5 s for the hosts, 1 min 54 s for the
+five chapters (16, 19, 32, 17 and 30 s) and 3 min 23 s to delete the environment again.
 
 Usage::
 
