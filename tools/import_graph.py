@@ -24,14 +24,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "foundations",
         ("errors", "paths", "rng", "schedules", "distributed", "metrics", "precision", "provenance", "runs",
-         "system"),
+         "system", "sources"),
     ),
     ("model parts", ("backbone", "heads", "uniadapter", "lora", "tuning", "views", "patch_augment")),
     ("data and weights", ("data", "weights", "features")),
     ("the method", ("teacher", "losses", "feed", "trunk", "telemetry", "objective")),
     ("training", ("config", "checkpoint", "run_report", "train")),
     ("evaluation", ("probe", "evaluation", "knn", "neighbours")),
-    ("study, book and command line", ("bench", "study", "notebook", "plots", "commands", "cli", "__main__")),
+    ("study, book and command line",
+     ("bench", "study", "bootstrap", "notebook", "diagrams", "plots", "commands", "cli", "__main__")),
 )  # fmt: skip
 
 
