@@ -82,12 +82,26 @@ COLAB_PACKAGES = [
 #: The chapters rehearsed by default: 0 (welcome), 1 (SSL ViTs), 3 (baseline), 8 (training), 9 (results).
 DEFAULT_CHAPTERS = ["index", "ssl_vits", "baseline", "training", "results"]
 
-#: Runs in the rehearsal's environment: executes one notebook in the current folder, fails on any error.
+#: Runs in the rehearsal's environment: executes a notebook's code cells in a kernel started in the current
+#: folder, keeps their outputs and exits at the first error. It drives the kernel with jupyter_client, as
+#: nbval does: nbclient 0.11 now and then waited a whole cell timeout after an ipywidgets cell.
 EXECUTE = """
 import sys, nbformat
-from nbclient import NotebookClient
-nb = nbformat.read(sys.argv[1], as_version=4)
-NotebookClient(nb, timeout=int(sys.argv[3]), kernel_name="python3").execute()
+from jupyter_client.manager import start_new_kernel
+nb, kinds = nbformat.read(sys.argv[1], as_version=4), ("stream", "display_data", "execute_result", "error")
+km, kc = start_new_kernel(kernel_name="python3")
+try:
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        msgs = []
+        reply = kc.execute_interactive(cell.source, timeout=int(sys.argv[3]), output_hook=msgs.append)
+        cell.outputs = [nbformat.v4.output_from_msg(m) for m in msgs if m["msg_type"] in kinds]
+        if reply["content"]["status"] != "ok":
+            error = reply["content"]
+            print(*error["traceback"], sep=chr(10), file=sys.stderr)
+            sys.exit(f"code cell {i}: {error['ename']}: {error['evalue']}")
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
 nbformat.write(nb, sys.argv[2])
 """
 
