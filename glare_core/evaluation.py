@@ -54,6 +54,7 @@ from .metrics import IGNORE_INDEX, ConfusionMatrix, segmentation_scores
 from .paths import smoke_mode
 from .precision import resolve_precision
 from .probe import build_head, evaluate_head, train_probe
+from .provenance import code_state
 from .weights import load_base
 
 #: How the validation split is predicted (``ProbeConfig.inference``).
@@ -278,7 +279,7 @@ def evaluate_backbone(
     size = probe_size(cfg.size, backbone.patch_size)
     was_training = backbone.training  # restored at the end: callers may evaluate mid-training
     common = cfg.extraction(size)
-    start = time.perf_counter()
+    code, start = code_state(), time.perf_counter()
     train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
     val = None  # "slide" predicts from the images, not from cached features
     if cfg.inference == "resize":
@@ -320,6 +321,7 @@ def evaluate_backbone(
         },
         "probe": logs,
         "machine": _machine(backbone, cfg.precision),
+        **code,
     }
 
 

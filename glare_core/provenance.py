@@ -30,3 +30,8 @@ def git_dirty() -> bool | None:
     """Whether ``glare_core/`` has uncommitted changes (None when git cannot tell)."""
     out = _git("status", "--porcelain", "--", "glare_core")
     return bool(out.strip()) if out is not None else None
+
+
+def code_state() -> dict[str, str | bool | None]:
+    """``{"git_commit", "git_dirty"}``: what a result records of its code, taken when the work starts."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty()}

@@ -47,6 +47,7 @@ from .errors import NonFiniteError
 from .feed import ImageFeed, ResumableBatchSampler, build_feed, head_init_images
 from .objective import GlareObjective
 from .precision import Precision, autocast, cast_frozen_base_linears, resolve_precision
+from .provenance import code_state
 from .rng import seed_everything
 from .run_report import (
     append_jsonl,
@@ -381,6 +382,7 @@ def pretrain(
     info = dist_utils.init_distributed(cfg.device)
     # 0. The run folder: checked before anything is written (nothing is written until step 3).
     checkpoint = _open_run_folder(out, cfg, resume, overwrite)
+    code = code_state()  # the code this (part of the) run starts with, recorded in its summary
     start_step = int(checkpoint["step"]) if checkpoint else 0
 
     # 1. Data: unlabelled target-domain images at a fixed working size, this rank's slice of each batch.
@@ -410,7 +412,7 @@ def pretrain(
     if start_step >= total_steps and finished_run_intact(out):  # resumed a finished run
         dist_utils.barrier(info)
         return runs.read_summary(out)
-    summary = summarize(run, loop, num_images, start_step, trunk, data_root(loader), out / METRICS)
+    summary = summarize(run, loop, num_images, start_step, trunk, data_root(loader), out / METRICS) | code
     if info.is_main:
         run.model.export_adapter(out / "adapter.safetensors")  # the EMA teacher's adapters, as DINO evaluates
         run.model.export_adapter(out / "adapter_student.safetensors", which="student")  # to compare with

@@ -79,6 +79,26 @@ def test_summary_records_the_data_root(tmp_path: Path):
     assert summary["data_root"] == str(folder.resolve())
 
 
+def test_summary_and_probe_result_record_the_code_they_started_with(tmp_path: Path, monkeypatch):
+    import glare_core.evaluation as evaluation
+    import glare_core.train as train
+    from glare_core.data import build_dataset
+
+    state = {"git_commit": "0" * 40, "git_dirty": True}
+    monkeypatch.setattr(train, "code_state", lambda: dict(state))
+    monkeypatch.setattr(evaluation, "code_state", lambda: dict(state))
+    cfg = preset("smoke")
+    cfg.steps = 1
+    summary = pretrain(cfg, tmp_path / "run")
+    assert (summary["git_commit"], summary["git_dirty"]) == ("0" * 40, True)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["git_commit"] == "0" * 40
+    train_ds = build_dataset("synthetic", "train", num_images=4, size=(64, 96), seed=0)
+    val_ds = build_dataset("synthetic", "val", num_images=2, size=(64, 96), seed=1)
+    backbone = evaluation.load_backbone("random:test_vit")
+    result = evaluation.evaluate_backbone(backbone, train_ds, val_ds, evaluation.ProbeConfig.smoke())
+    assert (result["git_commit"], result["git_dirty"]) == ("0" * 40, True)
+
+
 def _model_for(out: Path):
     from glare_core.teacher import StudentTeacher
     from glare_core.weights import load_base_with_head
