@@ -346,8 +346,10 @@ def _cpu_trunk() -> TrainConfig:
     The ``cpu`` preset with blocks 0-7 frozen, adapter-free and cached (adapters in blocks 8-11), 224 px views
     (16 x 16 cells; a step costs about a third of the full-depth one, ``results/trunk/README.md``), a sharp
     teacher (temperature 0.02 from the first step: with 0.04-0.07 the global targets drift to the uniform
-    distribution on CamVid) and 300 steps. Chosen on the tuning split (``tune_train`` / ``tune_val``), never
-    on val: ``results/tuning/README.md``, "engine_pilot".
+    distribution on CamVid), 300 steps, and two choices for GLARE's own terms: corrupted cells filled with the
+    image's mean colour (blur left their last-block tokens at cosine 0.98 with the clean ones) and the teacher's
+    region embedding as the query of the regional correspondence (``region_query="teacher"``). Chosen on the
+    tuning split (``tune_train`` / ``tune_val``), never on val: ``results/tuning/README.md``, "engine_pilot".
     """
     cfg = _cpu()
     cfg.trunk_blocks = 8
@@ -355,6 +357,8 @@ def _cpu_trunk() -> TrainConfig:
     cfg.objective.views.global_size = 224
     cfg.objective.teacher_temp = 0.02
     cfg.objective.warmup_teacher_temp = 0.02
+    cfg.objective.patch_aug.kind = "mask_mean"
+    cfg.objective.region_query = "teacher"
     cfg.steps = 300
     cfg.telemetry_every = 50
     cfg.preset = "cpu_trunk"
