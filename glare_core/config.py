@@ -158,6 +158,10 @@ class TrainConfig:
     """Print a progress line every this many steps (metrics.jsonl gets every step)."""
     checkpoint_every: int = 200
     """Write ``checkpoint.pt`` every this many steps (and at the end)."""
+    snapshot_steps: tuple[int, ...] = ()
+    """Also export the student's adapters after each of these steps, as
+    ``adapter_student_step<N>.safetensors``: the same run read at shorter lengths (the study's dose-response).
+    The schedules are the run's own (a snapshot at step 100 of 300 is not a 100-step run)."""
     telemetry_every: int = 10
     """Measure the run's instruments (:mod:`glare_core.telemetry`: adapter share per block, last-layer token
     change and its non-affine share, student and teacher) on a fixed batch every this many steps and at the
@@ -237,6 +241,8 @@ class TrainConfig:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps={self.steps} must be >= 1 (or None to use epochs)")
+        if any(int(n) < 1 for n in self.snapshot_steps):
+            raise ValueError(f"snapshot_steps={list(self.snapshot_steps)}: each step must be >= 1")
         if self.attention not in ("auto", "fused", "math"):
             raise ValueError(f"attention={self.attention!r}: choose 'auto', 'fused' or 'math'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -346,10 +352,11 @@ def _cpu_trunk() -> TrainConfig:
     The ``cpu`` preset with blocks 0-7 frozen, adapter-free and cached (adapters in blocks 8-11), 224 px views
     (16 x 16 cells; a step costs about a third of the full-depth one, ``results/trunk/README.md``), a sharp
     teacher (temperature 0.02 from the first step: with 0.04-0.07 the global targets drift to the uniform
-    distribution on CamVid), 300 steps, and two choices for GLARE's own terms: corrupted cells filled with the
-    image's mean colour (blur left their last-block tokens at cosine 0.98 with the clean ones) and the teacher's
-    region embedding as the query of the regional correspondence (``region_query="teacher"``). Chosen on the
-    tuning split (``tune_train`` / ``tune_val``), never on val: ``results/tuning/README.md``, "engine_pilot".
+    distribution on CamVid), 300 steps, and two choices for GLARE's own terms: corrupted cells filled with
+    the image's mean colour (blur left their last-block tokens at cosine 0.98 with the clean ones) and the
+    teacher's region embedding as the query of the regional correspondence (``region_query="teacher"``).
+    Chosen on the tuning split (``tune_train`` / ``tune_val``), never on val: ``results/tuning/README.md``,
+    "engine_pilot".
     """
     cfg = _cpu()
     cfg.trunk_blocks = 8

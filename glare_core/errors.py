@@ -31,5 +31,10 @@ class RunFolderError(InputError):
     """The output folder is in the way: it holds another run, or it cannot be written."""
 
 
+class ProvenanceError(InputError):
+    """A confirmatory result would not identify its code: uncommitted changes, or no committed
+    pre-registration."""
+
+
 class NonFiniteError(ArithmeticError):
     """Numbers became NaN or infinite (a loss, weights, gradients); nothing already saved was overwritten."""

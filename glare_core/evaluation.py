@@ -47,6 +47,7 @@ from .features import (
     backbone_fingerprint,
     extract_features,
     probe_size,
+    resolve_layers,
     show_progress,
     unit_image,
 )
@@ -275,54 +276,91 @@ def evaluate_backbone(
         (training loss curve), ``machine``.
     """
     cfg = cfg or ProbeConfig.default()
+    return evaluate_readouts(backbone, train_ds, val_ds, {"probe": cfg.layers}, cfg)["probe"]
+
+
+def evaluate_readouts(
+    backbone: Backbone, train_ds: Dataset, val_ds: Dataset, readouts: dict[str, str], cfg: ProbeConfig
+) -> dict[str, dict]:
+    """The probe protocol on several readouts of one backbone (e.g. the last block and block 9), from one
+    feature extraction.
+
+    The images go through the backbone once, keeping every block a readout names (features (N, D x L, h, w)
+    for the L blocks of all readouts together); each readout's probe then trains on its own blocks' channels,
+    which are the very numbers an extraction of those blocks alone gives. Every readout is
+    :func:`evaluate_backbone`'s protocol with ``cfg.layers`` set to it.
+
+    Args:
+        backbone, train_ds, val_ds: as :func:`evaluate_backbone`.
+        readouts: {name: layers} (``"last"``, ``"9"``, ``"8,11"`` ...; see
+            :func:`~glare_core.features.resolve_layers`).
+        cfg: the protocol (its ``layers`` is replaced by each readout's).
+
+    Returns:
+        {name: :func:`evaluate_backbone`'s result for that readout}; the extraction's timings are those of
+        the shared pass.
+    """
     num_classes, classes, ignore_index = label_space(train_ds, val_ds)
     size = probe_size(cfg.size, backbone.patch_size)
+    blocks = {name: resolve_layers(layers, backbone.depth) for name, layers in readouts.items()}
+    union = sorted({b for ids in blocks.values() for b in ids})
+    if cfg.inference != "resize" and len(readouts) > 1:
+        raise ValueError(
+            'several readouts need ProbeConfig.inference="resize" (sliding predicts from images)'
+        )
     was_training = backbone.training  # restored at the end: callers may evaluate mid-training
-    common = cfg.extraction(size)
+    common = {**cfg.extraction(size), "layers": union}
     code, start = code_state(), time.perf_counter()
     train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
     val = None  # "slide" predicts from the images, not from cached features
     if cfg.inference == "resize":
         val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
-
-    t0 = time.perf_counter()
-    head, logs = fit_probe(train.features, train.labels, num_classes, cfg, ignore_index)
-    t1 = time.perf_counter()
-    if val is not None:
-        cm = evaluate_head(head, val.features, val.labels, num_classes, cfg.eval_batch_size, ignore_index)
-    else:
-        cm = evaluate_sliding(backbone, head, val_ds, cfg, train.layers, num_classes, ignore_index)
-    t2 = time.perf_counter()
+    extracted = time.perf_counter()
+    out = {}
+    for name, ids in blocks.items():
+        rcfg = dataclasses.replace(cfg, layers=readouts[name])
+        width = backbone.embed_dim
+        channels = torch.cat([torch.arange(width) + union.index(b) * width for b in ids])
+        train_f = train.features if ids == union else train.features[:, channels]
+        t0 = time.perf_counter()
+        head, logs = fit_probe(train_f, train.labels, num_classes, rcfg, ignore_index)
+        t1 = time.perf_counter()
+        if val is not None:
+            val_f = val.features if ids == union else val.features[:, channels]
+            cm = evaluate_head(head, val_f, val.labels, num_classes, cfg.eval_batch_size, ignore_index)
+        else:
+            cm = evaluate_sliding(backbone, head, val_ds, rcfg, ids, num_classes, ignore_index)
+        t2 = time.perf_counter()
+        out[name] = {
+            **segmentation_scores(cm.matrix, classes),
+            "confusion_matrix": cm.matrix.tolist(),
+            "classes": classes,
+            "config": rcfg.to_dict(),
+            "backbone": {
+                "fingerprint": backbone_fingerprint(backbone),
+                "patch_size": backbone.patch_size,
+                "embed_dim": backbone.embed_dim,
+                "depth": backbone.depth,
+                "layers": ids,
+                "input_size_hw": list(size),
+                "feature_grid_hw": list(train.features.shape[-2:]),
+            },
+            "datasets": {"train": _dataset_info(train_ds), "val": _dataset_info(val_ds)},
+            "timings": {
+                "train_features_s": train.seconds,
+                "val_features_s": val.seconds if val is not None else 0.0,  # sliding: inside probe_eval_s
+                "train_features_cached": train.cached,
+                "val_features_cached": val.cached if val is not None else False,
+                "probe_train_s": t1 - t0,
+                "probe_eval_s": t2 - t1,
+                "total_s": (extracted - start) + (t2 - t0),
+            },
+            "probe": logs,
+            "machine": _machine(backbone, cfg.precision),
+            **code,
+        }
     backbone.train(was_training)
-
-    return {
-        **segmentation_scores(cm.matrix, classes),
-        "confusion_matrix": cm.matrix.tolist(),
-        "classes": classes,
-        "config": cfg.to_dict(),
-        "backbone": {
-            "fingerprint": backbone_fingerprint(backbone),
-            "patch_size": backbone.patch_size,
-            "embed_dim": backbone.embed_dim,
-            "depth": backbone.depth,
-            "layers": train.layers,
-            "input_size_hw": list(size),
-            "feature_grid_hw": list(train.features.shape[-2:]),
-        },
-        "datasets": {"train": _dataset_info(train_ds), "val": _dataset_info(val_ds)},
-        "timings": {
-            "train_features_s": train.seconds,
-            "val_features_s": val.seconds if val is not None else 0.0,  # sliding: inside probe_eval_s
-            "train_features_cached": train.cached,
-            "val_features_cached": val.cached if val is not None else False,
-            "probe_train_s": t1 - t0,
-            "probe_eval_s": t2 - t1,
-            "total_s": t2 - start,
-        },
-        "probe": logs,
-        "machine": _machine(backbone, cfg.precision),
-        **code,
-    }
+    return out
 
 
 def label_space(train_ds: Dataset, val_ds: Dataset) -> tuple[int, list[str], int]:

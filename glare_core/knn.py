@@ -180,7 +180,9 @@ def knn_forgetting(
 
     Returns:
         JSON-able dict: ``top1``, ``top5`` (fractions), ``settings``, ``num_bank``, ``num_queries``,
-        ``num_classes``, ``seconds`` (extraction + classification), ``cached``.
+        ``num_classes``, ``seconds`` (extraction + classification), ``cached``, ``top1_correct`` (one
+        character per query, in the queries' fixed order: ``"1"`` where the top-1 class is right; two
+        backbones are compared query by query with McNemar's test on these).
     """
     import datasets
 
@@ -248,8 +250,10 @@ def knn_forgetting(
     query_y = torch.tensor([val_labels[i] for i in query_idx])
     scores = knn_classify(bank_f, bank_y, query_f, num_classes, k, temperature)
     acc = knn_accuracy(scores, query_y)
+    correct = (scores.topk(1, dim=1).indices[:, 0] == query_y).tolist()
     return {
         **acc,
+        "top1_correct": "".join("1" if c else "0" for c in correct),
         "settings": settings,
         "num_bank": len(bank_idx),
         "num_queries": len(query_idx),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
+from .errors import ProvenanceError
 from .paths import REPO_ROOT
 
 
@@ -35,3 +36,28 @@ def git_dirty() -> bool | None:
 def code_state() -> dict[str, str | bool | None]:
     """``{"git_commit", "git_dirty"}``: what a result records of its code, taken when the work starts."""
     return {"git_commit": git_commit(), "git_dirty": git_dirty()}
+
+
+def confirmatory_code_state(preregistration: str) -> dict[str, str | bool | None]:
+    """:func:`code_state` for a confirmatory result, plus ``preregistration_commit``: the last commit of the
+    pre-registration file (a path in the repository).
+
+    Raises:
+        ProvenanceError: ``glare_core/`` has uncommitted changes (or git cannot tell), or the pre-registration
+            is not committed or has uncommitted changes; the message names the fix.
+    """
+    code = code_state()
+    if code["git_dirty"] is not False:
+        state = "has uncommitted changes" if code["git_dirty"] else "cannot be checked (no git checkout?)"
+        raise ProvenanceError(
+            f"glare_core/ {state}: a confirmatory cell must run on committed code, so that its record names "
+            "the code that ran. Fix: commit (or stash) the changes in glare_core/, then run again."
+        )
+    commit = (_git("log", "-1", "--format=%H", "--", preregistration) or "").strip()
+    changed = _git("status", "--porcelain", "--", preregistration)
+    if not commit or changed is None or changed.strip():
+        raise ProvenanceError(
+            f"{preregistration}: the pre-registration is not committed as it stands; the study's cells "
+            "record its commit and must not start before it. Fix: commit the file, then run again."
+        )
+    return {**code, "preregistration_commit": commit}

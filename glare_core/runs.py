@@ -53,9 +53,10 @@ RESUME_SAFE_KEYS = (
     "checkpoint_every",
     "output_dir",
     "telemetry_every",
+    "snapshot_steps",
 )
-"""Config keys that change speed, logging or where the run lives, never its numbers: a resumed run may use
-other values. Any other difference from the recorded config is refused."""
+"""Config keys that change speed, logging, the extra files or where the run lives, never its numbers: a
+resumed run may use other values. Any other difference from the recorded config is refused."""
 
 MAX_ABS_WEIGHT = 1e6
 """Trained tensors larger than this in magnitude count as diverged (adapters and heads stay below ~10)."""

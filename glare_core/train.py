@@ -500,7 +500,8 @@ def _train_loop(
 
     The first ``run.head_warmup`` steps are the head warm-up (:func:`train_step` gives the adapters lr 0).
     Every step appends a line to ``metrics.jsonl`` (rank 0), with the instruments' reading every
-    ``telemetry_every`` steps; a checkpoint is written every ``checkpoint_every`` steps and after the last.
+    ``telemetry_every`` steps; a checkpoint is written every ``checkpoint_every`` steps and after the last,
+    and the student's adapters after each of ``snapshot_steps``.
     """
     cfg, info, total = run.cfg, run.info, run.total_steps
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
@@ -532,6 +533,8 @@ def _train_loop(
             if info.is_main:
                 append_jsonl(metrics_path, record)
                 show_progress(record, bar, total, cfg.log_every, first=step == start_step)
+            if info.is_main and step + 1 in cfg.snapshot_steps:  # the same run read at a shorter length
+                run.model.export_adapter(out / snapshot_name(step + 1), which="student")
             if _due(step, cfg.checkpoint_every, total):
                 position = {"step": step + 1, "total_steps": total, "sampler": sampler.state_dict()}
                 if trunk:
@@ -547,6 +550,11 @@ def _train_loop(
             bar.close()
     result.seconds = time.perf_counter() - t_run
     return result
+
+
+def snapshot_name(step: int) -> str:
+    """The file of the student's adapters after ``step`` steps (``TrainConfig.snapshot_steps``)."""
+    return f"adapter_student_step{step}.safetensors"
 
 
 def _due(step: int, every: int, total: int) -> bool:

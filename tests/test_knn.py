@@ -69,6 +69,8 @@ def test_knn_forgetting_on_a_tiny_parquet(tmp_path):
     assert 0.0 <= first["top1"] <= 1.0
     second = knn_forgetting(backbone, **kw)
     assert second["cached"] and second["top1"] == first["top1"]
+    hits = first["top1_correct"]  # per query, for McNemar's test between two backbones
+    assert len(hits) == 6 and set(hits) <= {"0", "1"} and hits.count("1") / 6 == pytest.approx(first["top1"])
 
 
 def test_missing_tinyimagenet_folder_is_a_clear_error(tmp_path):

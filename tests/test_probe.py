@@ -15,6 +15,7 @@ from glare_core.evaluation import (
     ProbeConfig,
     apply_adapter_and_record,
     evaluate_backbone,
+    evaluate_readouts,
     fit_probe,
     save_result,
     sliding_window_logits,
@@ -158,6 +159,27 @@ def test_probe_on_synthetic_scenes_beats_chance(cache):
     json.dumps(result)  # JSON-able
     path = save_result(result, cache / "out" / "r.json")
     assert json.loads(path.read_text())["miou"] == pytest.approx(result["miou"])
+
+
+def test_readouts_from_one_extraction_equal_separate_evaluations(cache):
+    """Several readouts share one pass through the backbone; each gives exactly the confusion matrix of its
+    own evaluation (features of blocks 1 and 3 read from the concatenated pass are the same numbers)."""
+    train, val = synthetic("train", 12), synthetic("val", 4)
+    torch.manual_seed(0)
+    backbone = create_backbone("test_vit")
+    cfg = ProbeConfig.smoke(size=(64, 64), steps=20)
+    both = evaluate_readouts(backbone, train, val, {"last": "last", "early": "1"}, cfg)
+    for name, layers in (("last", "last"), ("early", "1")):
+        alone = evaluate_backbone(
+            backbone, train, val, ProbeConfig.smoke(size=(64, 64), steps=20, layers=layers)
+        )
+        assert both[name]["confusion_matrix"] == alone["confusion_matrix"], name
+        assert (
+            both[name]["config"]["layers"] == layers
+            and both[name]["backbone"]["layers"] == alone["backbone"]["layers"]
+        )
+    with pytest.raises(ValueError, match="resize"):
+        evaluate_readouts(backbone, train, val, {"a": "1", "b": "2"}, ProbeConfig.smoke(inference="slide"))
 
 
 def _export_adapter(path, rank=4, mode="adapter"):

@@ -213,3 +213,21 @@ def test_a_run_exports_the_student_and_the_teacher(tmp_path: Path):
     student, _ = read_adapter(tmp_path / "adapter_student.safetensors")
     assert teacher.keys() == student.keys() and summary["steps"] == 2
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the EMA teacher lags the student
+
+
+def test_snapshots_export_the_student_midway_and_change_nothing_else(tmp_path: Path):
+    """``snapshot_steps`` writes the student's adapters after those steps; the run's numbers are the same as
+    without them (the final exports are bit-identical), and step 0 is refused."""
+    from glare_core.teacher import read_adapter
+
+    pretrain(smoke_cfg(steps=3, snapshot_steps=(1, 2)), tmp_path / "a")
+    pretrain(smoke_cfg(steps=3), tmp_path / "b")
+    names = sorted(p.name for p in (tmp_path / "a").glob("adapter_student_step*.safetensors"))
+    assert names == ["adapter_student_step1.safetensors", "adapter_student_step2.safetensors"]
+    s2, _ = read_adapter(tmp_path / "a" / "adapter_student_step2.safetensors")
+    end_a, _ = read_adapter(tmp_path / "a" / "adapter_student.safetensors")
+    end_b, _ = read_adapter(tmp_path / "b" / "adapter_student.safetensors")
+    assert all(torch.equal(end_a[k], end_b[k]) for k in end_b)
+    assert s2.keys() == end_a.keys() and any(not torch.equal(s2[k], end_a[k]) for k in end_a)
+    with pytest.raises(ValueError, match="snapshot_steps"):
+        smoke_cfg(snapshot_steps=(0,)).validate()

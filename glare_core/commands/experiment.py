@@ -11,7 +11,10 @@ Tables: main (5 rows x CamVid, IDD-Lite-367 x 3 seeds), ablations (12 rows x Cam
 training-only branch, on the base and on the GLARE-adapted backbone x CamVid x 3 seeds; the adapted backbone
 of seed k is the main table's glare cell of seed k, reused from runs/experiments/main/ or pre-trained there),
 scale and steps (the main table's DINO-only adapter and GLARE rows pre-trained on 224 px views, the probe's
-pixel scale, or for 400 steps instead of 100, x CamVid x 3 seeds).
+pixel scale, or for 400 steps instead of 100, x CamVid x 3 seeds); the pre-registered study
+(results/study/PREREGISTRATION.md): study (base, DINO-only adapter, GLARE x CamVid, IDD-Lite-367 x 6 seeds on
+the cached trunk, three probe readouts, k-NN, snapshots, transfer) and study_secondary (G+L, G+R, LoRA, full
+fine-tuning x CamVid x 3 seeds); their cells refuse to start while glare_core/ has uncommitted changes.
 
 Examples:
   glare experiment list                           # every table's cells and which are done
@@ -40,7 +43,9 @@ HELP = "run an experiment table (resumable) into results/, or list / report the 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "table", help="main, ablations, efficiency, neighbours, scale, steps; or 'list' / 'report'"
+        "table",
+        help="main, ablations, efficiency, neighbours, scale, steps, study, study_secondary; "
+        "or 'list' / 'report'",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and estimated times only")
     parser.add_argument(

@@ -32,6 +32,7 @@ def train_config(cell: Cell, smoke: bool = False):
     elif d.dataset == "synthetic":
         cfg.limit = d.num_images[0]
     cfg.seed = cell.seed
+    cfg.snapshot_steps = tuple(t.snapshots)
     apply_overrides(cfg, list(cell.row.overrides))
     cfg.output_dir = None
     return cfg.validate()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..provenance import git_commit
+from ..provenance import code_state, confirmatory_code_state
 from .configs import adapter_cell, cost_key, probe_config, probe_datasets, seg_config, train_config
 from .figures import table_figures
 from .report import write_table_report
@@ -126,10 +126,20 @@ def _cell_setup(cell: Cell, base_name: str) -> dict[str, Any]:
     }
 
 
-def _cell_provenance(cell: Cell, started: str, t0: float) -> dict[str, Any]:
-    """Where and when a cell was computed: commit, machine, threads, start and end, wall time since ``t0``."""
+def _code_at_start(cell: Cell) -> dict[str, Any]:
+    """The code a cell starts with (:func:`~glare_core.provenance.code_state`); a cell of a pre-registered
+    table also records the pre-registration's commit and refuses to start on uncommitted code
+    (:func:`~glare_core.provenance.confirmatory_code_state`)."""
+    if cell.table.preregistration:
+        return confirmatory_code_state(cell.table.preregistration)
+    return code_state()
+
+
+def _cell_provenance(cell: Cell, code: dict[str, Any], started: str, t0: float) -> dict[str, Any]:
+    """Where and when a cell was computed: the code at its start (commit, uncommitted changes, the
+    pre-registration's commit), machine, threads, start and end, wall time since ``t0``."""
     return {
-        "git_commit": git_commit(),
+        **code,
         "machine": machine(),
         "threads": cell.table.threads,
         "started": started,
@@ -149,7 +159,7 @@ def _cell_backbone(cell: Cell, train_cfg: Any, pre: dict[str, Any] | None) -> tu
         base_name = preset(cell.table.preset).base
         return base_name, load_base(base_name, verbose=False)
     base_name = train_cfg.base
-    adapter = Path(pre["run_dir"]) / "adapter.safetensors"
+    adapter = Path(pre["run_dir"]) / cell.table.export
     return base_name, apply_adapter(load_base(base_name, verbose=False), adapter)
 
 
@@ -188,44 +198,98 @@ def _cell_metrics(
 
 
 def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False) -> dict[str, Any]:
-    """Run one cell end to end and write its JSON (atomically); returns the record."""
+    """Run one cell end to end and write its JSON (atomically); returns the record.
+
+    The probe reads the table's readouts from one feature extraction (the first is the cell's ``miou``);
+    a table may add probes of the run's snapshots and of a transfer dataset (:func:`_further_probes`) and k-NN
+    forgetting.
+    """
     if cell.table.kind == "segmentation":
         return run_segmentation_cell(cell, results_dir, runs_dir, smoke)
 
-    from ..evaluation import evaluate_backbone
+    from ..evaluation import evaluate_readouts
 
-    started, t0 = now(), time.perf_counter()
+    started, t0, code = now(), time.perf_counter(), _code_at_start(cell)
     train_cfg, pre = pretrain_cell(cell, runs_dir, smoke) if cell.row.pretrain else (None, None)
     base_name, backbone = _cell_backbone(cell, train_cfg, pre)
 
     probe = probe_config(cell)
+    readouts = dict(cell.table.readouts) or {"probe": probe.layers}
     with _table_threads(cell):
         train_ds, val_ds = probe_datasets(cell.dataset)
-        evaluation = evaluate_backbone(backbone, train_ds, val_ds, probe)
+        results = evaluate_readouts(backbone, train_ds, val_ds, readouts, probe)
+        evaluation = next(iter(results.values()))
+        further = _further_probes(cell, base_name, pre)
         knn = None
         if cell.knn:
             from ..knn import knn_forgetting
 
             knn = knn_forgetting(backbone, **cell.table.knn_settings)
 
-    metrics = _cell_metrics(evaluation, pre, evaluation["timings"]["total_s"], knn)
+    seconds = evaluation["timings"]["total_s"] + sum(r["timings"]["probe_train_s"] for r in results.values())
+    metrics = _cell_metrics(evaluation, pre, seconds - evaluation["timings"]["probe_train_s"], knn)
     record = {
         **_cell_identity(cell, smoke),
         "metrics": metrics,
+        "readouts": {name: _scores(r) for name, r in results.items()} if cell.table.readouts else None,
+        **further,
         "config": {
             **_cell_setup(cell, base_name),
             "table_overrides": list(cell.table.overrides),
             "train": train_cfg.to_dict() if train_cfg is not None else None,
             "probe": probe.to_dict(),
+            "adapter_file": cell.table.export if pre else None,
             "knn": knn["settings"] if knn else None,
         },
         "pretrain": pre,
         "evaluation": {k: v for k, v in evaluation.items() if k not in ("per_class_iou", "config")},
         "knn": knn,
-        **_cell_provenance(cell, started, t0),
+        **_cell_provenance(cell, code, started, t0),
     }
     save_record(record, cell.result_path(results_dir))
     return record
+
+
+def _scores(result: dict[str, Any]) -> dict[str, Any]:
+    """What a cell keeps of one further probe: scores, blocks read, the confusion matrix, seconds."""
+    keep = ("miou", "pixel_acc", "mean_acc", "per_class_iou", "confusion_matrix")
+    return {
+        **{k: result[k] for k in keep},
+        "layers": result["backbone"]["layers"],
+        "probe_seconds": result["timings"]["probe_train_s"] + result["timings"]["probe_eval_s"],
+    }
+
+
+def _further_probes(cell: Cell, base_name: str, pre: dict[str, Any] | None) -> dict[str, Any]:
+    """The probes a table adds to a pre-trained cell, at its first readout: ``snapshots`` ({step: scores}
+    of the student's adapters saved after that step, in cells of ``snapshot_seeds``) and ``transfer``
+    ({dataset: scores} on each transfer target of this cell's dataset). Empty for a cell without
+    pre-training or a table without them."""
+    from ..evaluation import evaluate_readouts
+    from ..teacher import apply_adapter
+    from ..train import snapshot_name
+    from ..weights import load_base
+
+    t, out = cell.table, {}
+    if pre is None:
+        return out
+    first = dict(t.readouts[:1]) or {"probe": probe_config(cell).layers}
+    if t.snapshots and cell.seed in t.snapshot_seeds:
+        train_ds, val_ds = probe_datasets(cell.dataset)
+        out["snapshots"] = {}
+        for step in t.snapshots:
+            adapter = Path(pre["run_dir"]) / snapshot_name(step)
+            backbone = apply_adapter(load_base(base_name, verbose=False), adapter)
+            result = evaluate_readouts(backbone, train_ds, val_ds, first, probe_config(cell))
+            out["snapshots"][str(step)] = _scores(next(iter(result.values())))
+    for source, target in t.transfer:
+        if source == cell.dataset.name:
+            backbone = apply_adapter(load_base(base_name, verbose=False), Path(pre["run_dir"]) / t.export)
+            target_cell = dataclasses.replace(cell, dataset=target)
+            train_ds, val_ds = probe_datasets(target)
+            result = evaluate_readouts(backbone, train_ds, val_ds, first, probe_config(target_cell))
+            out.setdefault("transfer", {})[target.name] = _scores(next(iter(result.values())))
+    return out
 
 
 #: A run folder written to less than this many seconds ago, without a finished export, is taken to be in use
@@ -323,7 +387,7 @@ def run_segmentation_cell(
     from ..neighbours.segmentation import train_segmentation
     from ..weights import load_base
 
-    started, t0 = now(), time.perf_counter()
+    started, t0, code = now(), time.perf_counter(), _code_at_start(cell)
     train_cfg, pre, source = None, None, None
     if cell.row.pretrain:
         source = adapter_cell(cell, smoke)
@@ -385,7 +449,7 @@ def run_segmentation_cell(
         "pretrain": pre,
         "inference_check": check,
         "evaluation": {k: v for k, v in result.items() if k not in ("per_class_iou", "config", "machine")},
-        **_cell_provenance(cell, started, t0),
+        **_cell_provenance(cell, code, started, t0),
         "machine": {**machine(), "torch_threads": result["machine"]["threads"]},
     }
     save_record(record, cell.result_path(results_dir))

@@ -60,6 +60,41 @@ def t_interval(values: Iterable[float | None], confidence: float = 0.95) -> tupl
     return mean - half, mean + half
 
 
+def paired_t_mde(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test over ``n`` seeds detects with probability
+    ``power`` at level ``alpha``, when the seed-to-seed standard deviation of the differences is ``sd``.
+
+    Solves ``P(|T| > t_{1 - alpha/2, n-1}) = power`` for the effect, ``T`` noncentral t with ``n - 1`` degrees
+    of freedom and noncentrality ``effect * sqrt(n) / sd`` (``scipy.stats.nct``; both tails counted).
+
+    Returns:
+        The effect, in the unit of ``sd``.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import nct, t
+
+    if n < 2 or sd <= 0:
+        raise ValueError(f"a power calculation needs n >= 2 seeds and sd > 0, got n={n}, sd={sd}")
+    crit = float(t.ppf(1 - alpha / 2, n - 1))
+
+    def shortfall(effect: float) -> float:
+        nc = effect * math.sqrt(n) / sd
+        return float(nct.sf(crit, n - 1, nc) + nct.sf(crit, n - 1, -nc)) - power  # P(T > c) + P(T < -c)
+
+    return float(brentq(shortfall, 1e-9 * sd, 100 * sd / math.sqrt(n)))  # noncentrality up to 100
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (step-down, family-wise error rate), in the order given: the k-th smallest p
+    times (m - k + 1), made non-decreasing, capped at 1."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 #: Metrics summarised per (row, dataset): mean and std over seeds.
 SUMMARY_METRICS = (
     "miou",

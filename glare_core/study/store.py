@@ -117,7 +117,7 @@ def cell_done(cell: Cell, results_dir: Path) -> bool:
 
 
 #: Config keys that change speed or logging only; a run folder may be resumed with other values.
-RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision", "telemetry_every")
+RUNTIME_KEYS = ("num_threads", "num_workers", "log_every", "precision", "telemetry_every", "snapshot_steps")
 
 
 #: Training-config fields added after runs were recorded, with the value that reproduces what those runs did
@@ -129,6 +129,7 @@ TRAIN_ADDED = {
     "trunk_pairs": 4,
     "trunk_seed": 0,
     "trunk_storage": "fp16",
+    "snapshot_steps": [],
 }
 #: Objective fields (``objective.*``) added after runs were recorded, read the same way.
 OBJECTIVE_ADDED = {"region_overlap_only": False}

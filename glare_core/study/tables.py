@@ -13,7 +13,8 @@ decoder on frozen features with the row's extra training terms
 whose pre-training is another table's cell of the same dataset and seed
 (:func:`glare_core.study.configs.adapter_cell`).
 
-The tables: :data:`TABLES` (``main``, ``ablations``, ``efficiency``, ``neighbours``, ``scale``, ``steps``).
+The tables: :data:`TABLES` (``main``, ``ablations``, ``efficiency``, ``neighbours``, ``scale``, ``steps``, and
+the pre-registered study's ``study`` and ``study_secondary``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,18 @@ class Table:
         adapters_from: ``kind="segmentation"``: the table whose ``adapter_row`` pre-training gives the adapted
             backbone of a row with ``pretrain=True`` (same dataset, same seed, same config, same run folder).
         adapter_row: that table's row.
+        readouts: (name, blocks) pairs the probe reads from each cell's backbone, from one feature extraction;
+            the first is the cell's ``miou`` (default: the probe protocol's ``layers`` alone).
+        export: the adapter file of a pre-training run that the cell evaluates: ``"adapter.safetensors"``
+            (the EMA teacher's, DINO's choice) or ``"adapter_student.safetensors"``.
+        snapshots: pre-training runs also save the student's adapters after these steps
+            (``TrainConfig.snapshot_steps``), and cells of ``snapshot_seeds`` probe them (first readout): the
+            same run read at shorter lengths.
+        transfer: (source dataset, target dataset) pairs: cells pre-trained on the source are also probed on
+            the target (first readout), beside the target's own cells of the same seed.
+        preregistration: the pre-registration a confirmatory table follows (a path in the repository); its
+            cells refuse to start while ``glare_core/`` or that file has uncommitted changes, and record the
+            file's last commit.
     """
 
     name: str
@@ -124,6 +137,12 @@ class Table:
     segmentation: dict[str, Any] = field(default_factory=dict)
     adapters_from: str = ""
     adapter_row: str = ""
+    readouts: tuple[tuple[str, str], ...] = ()
+    export: str = "adapter.safetensors"
+    snapshots: tuple[int, ...] = ()
+    snapshot_seeds: tuple[int, ...] = ()
+    transfer: tuple[tuple[str, DatasetSpec], ...] = ()
+    preregistration: str = ""
 
     def cells(self) -> list[Cell]:
         """Every cell, in run order: seeds outermost, so a partial run already covers each row once."""
@@ -425,6 +444,87 @@ def _steps() -> Table:
     )
 
 
+#: The study's pre-training (``results/study/PREREGISTRATION.md``): the ``cpu_trunk`` preset as the tuning
+#: split chose it (blocks 0-7 cached, 224 px views, 300 steps of batch 16, teacher temperature 0.02,
+#: mean-colour masks, the teacher's region query), one thread.
+STUDY_SCALE = ("num_threads=1",)
+
+
+#: The study's readouts: the last block (primary), the base's best block on the tuning split (9: 56.5 mIoU on
+#: tune_val against 53.3 at the last block) and a control block inside the frozen trunk (7: an adapted model
+#: must give the base's number there exactly).
+STUDY_READOUTS = (("last", "last"), ("best", "9"), ("control", "7"))
+
+
+def _study(
+    name: str, title: str, rows: tuple[Row, ...], datasets: tuple[DatasetSpec, ...], seeds, **kw
+) -> Table:
+    """A table of the pre-registered study: the ``cpu_trunk`` preset at :data:`STUDY_SCALE`, the pinned probe
+    at :data:`STUDY_READOUTS`, the student's adapters evaluated."""
+    return Table(
+        name,
+        title,
+        rows=rows,
+        datasets=datasets,
+        seeds=tuple(seeds),
+        preset="cpu_trunk",
+        overrides=STUDY_SCALE,
+        probe=CPU_PROBE,
+        readouts=STUDY_READOUTS,
+        export="adapter_student.safetensors",
+        preregistration="results/study/PREREGISTRATION.md",
+        **kw,
+    )
+
+
+def _study_primary() -> Table:
+    """The study's primary arms on CamVid and IDD-Lite (367 train images), 6 seeds: base, DINO-only adapter,
+    GLARE; k-NN forgetting in every cell, IDD-Lite adapters also probed on CamVid, the dose-response on
+    CamVid seeds 0-2."""
+    rows = (
+        Row("base", "base (no continual pre-training)", pretrain=False),
+        Row("dino_adapter", "DINO-only, adapter", DINO_ONLY),
+        Row("glare", "GLARE (G+L+R), adapter"),
+    )
+    return _study(
+        "study",
+        "The confirmatory study: linear-probe mIoU on val after continual pre-training (6 seeds)",
+        rows,
+        (CAMVID, IDD367),
+        range(6),
+        knn=True,
+        knn_settings=CPU_KNN,
+        snapshots=(100, 200),
+        snapshot_seeds=(0, 1, 2),
+        transfer=(("idd_lite367", CAMVID),),
+        note="pre-registered (results/study/PREREGISTRATION.md); student adapters; cached trunk, 300 steps",
+    )
+
+
+def _study_secondary() -> Table:
+    """The study's secondary arms on CamVid, 3 seeds (pairing with the primary table's cells by seed): GLARE
+    without one of its terms, and DINO-only with LoRA or full fine-tuning of the trainable blocks."""
+    rows = (
+        Row("G_L", "G+L (no regional term)", ("objective.use_regional=false",), group="terms"),
+        Row("G_R", "G+R (no local term)", ("objective.use_local=false",), group="terms"),
+        Row("dino_lora", "DINO-only, LoRA", (*DINO_ONLY, "tuning=lora", "rank=8"), group="tuning"),
+        Row(
+            "dino_full",
+            "DINO-only, full fine-tuning of blocks 8-11",
+            (*DINO_ONLY, "tuning=full", "lr=none"),
+            group="tuning",
+        ),
+    )
+    return _study(
+        "study_secondary",
+        "The study's secondary arms on CamVid: linear-probe mIoU on val (3 seeds)",
+        rows,
+        (CAMVID,),
+        range(3),
+        note="pre-registered secondary arms; pair with the table study by seed",
+    )
+
+
 TABLES: dict[str, Callable[[], Table]] = {
     "main": _main,
     "ablations": _ablations,
@@ -432,11 +532,13 @@ TABLES: dict[str, Callable[[], Table]] = {
     "neighbours": _neighbours,
     "scale": _scale,
     "steps": _steps,
+    "study": _study_primary,
+    "study_secondary": _study_secondary,
 }
 
 
 def get_table(name: str) -> Table:
-    """A table by name (``main``, ``ablations``, ``efficiency``, ``neighbours``, ``scale``, ``steps``)."""
+    """A table by name (see :data:`TABLES`)."""
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose one of {sorted(TABLES)}")
     return TABLES[name]()
@@ -453,10 +555,11 @@ def smoke_table(table: Table) -> Table:
     Every dataset becomes synthetic (keeping its name, so cells map one to one) and k-NN stays on only if
     Tiny-ImageNet is present (it then runs with :data:`SMOKE_KNN`: 10 classes, 5 bank images each, 112 px).
     """
-    datasets = tuple(
-        DatasetSpec(d.name, f"{d.label} (synthetic)", "synthetic", probe_size=(112, 84))
-        for d in table.datasets
-    )
+
+    def synthetic(d: DatasetSpec) -> DatasetSpec:
+        return DatasetSpec(d.name, f"{d.label} (synthetic)", "synthetic", probe_size=(112, 84))
+
+    datasets = tuple(synthetic(d) for d in table.datasets)
     has_knn = find_dataset_dir("tinyimagenet", "tinyimagenet", "tiny-imagenet") is not None
     return dataclasses.replace(
         table,
@@ -467,6 +570,10 @@ def smoke_table(table: Table) -> Table:
         knn=table.knn and has_knn,
         knn_settings=dict(SMOKE_KNN),
         segmentation={"smoke": True} if table.kind == "segmentation" else {},
+        transfer=tuple((source, synthetic(target)) for source, target in table.transfer),
+        snapshots=(2, 4) if table.snapshots else (),  # of the smoke preset's 6 steps
+        preregistration="",  # smoke cells are not confirmatory
+        readouts=tuple(zip((n for n, _ in table.readouts), ("last", "-2", "0"), strict=False)),
     )
 
 

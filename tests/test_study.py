@@ -1,0 +1,116 @@
+"""The pre-registered study's tables: definitions, a smoke run of their cells (readouts from one extraction,
+snapshots, transfer, per-query k-NN), and the refusal to start a confirmatory cell on uncommitted code."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from glare_core import provenance
+from glare_core.errors import ProvenanceError
+from glare_core.study import configs, runner, store, tables
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLARE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("GLARE_SMOKE", raising=False)
+
+
+def test_the_study_tables_follow_the_preregistration():
+    study = tables.get_table("study")
+    assert [r.name for r in study.rows] == ["base", "dino_adapter", "glare"] and study.seeds == tuple(
+        range(6)
+    )
+    assert [d.name for d in study.datasets] == ["camvid", "idd_lite367"] and len(study.cells()) == 36
+    assert dict(study.readouts) == {"last": "last", "best": "9", "control": "7"}
+    assert study.export == "adapter_student.safetensors" and study.preregistration.endswith(
+        "PREREGISTRATION.md"
+    )
+    assert all(c.knn for c in study.cells()) and study.snapshots == (100, 200)
+    for cell in study.cells()[:3]:
+        assert configs.probe_config(cell).layers == "last" and configs.probe_config(cell).seed == cell.seed
+        if not cell.row.pretrain:
+            continue
+        cfg = configs.train_config(cell)
+        assert (cfg.preset, cfg.trunk_blocks, cfg.steps, cfg.num_threads) == ("cpu_trunk", 8, 300, 1)
+        assert cfg.objective.patch_aug.kind == "mask_mean" and cfg.objective.region_query == "teacher"
+        assert cfg.snapshot_steps == (100, 200) and cfg.seed == cell.seed and cfg.split == "train"
+        dino_only = cell.row.name == "dino_adapter"
+        assert cfg.objective.use_local is not dino_only and cfg.objective.use_regional is not dino_only
+    secondary = tables.get_table("study_secondary")
+    assert secondary.seeds == (0, 1, 2) and secondary.datasets == (tables.CAMVID,)
+    for cell in secondary.cells()[:4]:
+        cfg = configs.train_config(cell)  # every override is a valid key and value
+        assert cfg.steps == 300 and cfg.trunk_blocks == 8
+
+
+def test_study_cells_smoke(tmp_path):
+    """The study's cell, at smoke scale: three readouts from one extraction, the snapshots' probes, the
+    transfer target's probe, and k-NN correctness per query (when Tiny-ImageNet is present)."""
+    smoke = tables.smoke_table(tables.get_table("study"))
+    assert smoke.preregistration == "" and smoke.snapshots == (2, 4)
+    table = dataclasses.replace(smoke, seeds=(0,), knn=False)
+    runner.run_table(
+        table,
+        tmp_path / "results",
+        tmp_path / "runs",
+        smoke=True,
+        figures=False,
+        only=["base__camvid", "glare__idd_lite367"],
+    )
+    cells = tmp_path / "results" / "study" / "cells"
+    base = store.read_cell(cells / "base__camvid__seed0.json")
+    assert list(base["readouts"]) == ["last", "best", "control"] and "snapshots" not in base
+    assert base["metrics"]["miou"] == base["readouts"]["last"]["miou"]
+    glare = store.read_cell(cells / "glare__idd_lite367__seed0.json")
+    assert set(glare["snapshots"]) == {"2", "4"} and set(glare["transfer"]) == {"camvid"}
+    assert glare["config"]["adapter_file"] == "adapter_student.safetensors"
+    run_dir = Path(glare["pretrain"]["run_dir"])
+    assert (run_dir / "adapter_student_step2.safetensors").exists()
+    assert glare["git_commit"] and "git_dirty" in glare
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "glare_core").mkdir(parents=True)
+    (repo / "glare_core" / "m.py").write_text("x = 1\n")
+    (repo / "PRE.md").write_text("plan\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], check=True)
+    return repo
+
+
+def test_a_confirmatory_cell_refuses_uncommitted_code(tmp_path, monkeypatch):
+    repo = _repo(tmp_path)
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    state = provenance.confirmatory_code_state("PRE.md")
+    assert state["git_dirty"] is False and state["preregistration_commit"] == state["git_commit"]
+    (repo / "glare_core" / "m.py").write_text("x = 2\n")
+    with pytest.raises(ProvenanceError, match="glare_core/ has uncommitted changes.*commit"):
+        provenance.confirmatory_code_state("PRE.md")
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "--", "glare_core"], check=True)
+    (repo / "PRE.md").write_text("plan, changed after the fact\n")
+    with pytest.raises(ProvenanceError, match="PRE.md: the pre-registration is not committed"):
+        provenance.confirmatory_code_state("PRE.md")
+    with pytest.raises(ProvenanceError, match="not committed"):
+        provenance.confirmatory_code_state("MISSING.md")
+
+
+def test_power_and_holm():
+    from glare_core.study.stats import holm, paired_t_mde
+
+    # G*Power's one-sample t-test (two-tailed, alpha 0.05, power 0.8, n = 6) gives d = 1.435.
+    assert paired_t_mde(1.0, 6) == pytest.approx(1.4345, abs=1e-3)
+    assert paired_t_mde(0.5, 6) == pytest.approx(0.5 * 1.4345, abs=1e-3)  # linear in the noise
+    assert paired_t_mde(1.0, 6, alpha=0.025) > paired_t_mde(1.0, 6) > paired_t_mde(1.0, 12)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01, then max(2 x 0.03, .)
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    with pytest.raises(ValueError, match="n >= 2"):
+        paired_t_mde(1.0, 1)
