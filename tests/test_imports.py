@@ -18,7 +18,7 @@ cycles, import_graph, problems = (
     import_graph_tool.problems,
 )
 #: The study's modules, lowest layer first (``glare_core/study/__init__.py`` says what each holds).
-STUDY_LAYERS = ("tables", "configs", "store", "stats", "report", "figures", "timing", "runner")
+STUDY_LAYERS = ("tables", "configs", "store", "stats", "report", "analysis", "figures", "timing", "runner")
 
 
 def test_the_graph_reader_sees_imports_inside_functions():

@@ -114,3 +114,71 @@ def test_power_and_holm():
     assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
     with pytest.raises(ValueError, match="n >= 2"):
         paired_t_mde(1.0, 1)
+
+
+BASE_CONTROL = ((5, 1), (2, 7))
+
+
+def _record(row: str, dataset: str, seed: int, last: float, knn: str, control=BASE_CONTROL, **extra):
+    """A minimal study cell: mIoU (fraction) at the last block, block 9 = last + 0.01, the control block's
+    confusion matrix, k-NN answers per query."""
+    readouts = {
+        "last": {"miou": last},
+        "best": {"miou": last + 0.01},
+        "control": {"miou": 0.5, "confusion_matrix": [list(r) for r in control]},
+    }
+    return {
+        "schema": 1, "table": "study", "row": row, "dataset": dataset, "seed": seed,
+        "metrics": {"miou": last, "knn_top1": knn.count("1") / len(knn)},
+        "readouts": readouts, "knn": {"top1_correct": knn}, "config": {"train": {"steps": 300}},
+        "git_commit": "x", "machine": {}, **extra,
+    }  # fmt: skip
+
+
+def test_the_preregistered_analysis_on_known_numbers(tmp_path):
+    import json
+
+    from glare_core.study import analysis, store
+
+    folder = tmp_path / "study" / "cells"
+    folder.mkdir(parents=True)
+    dino = [0.50, 0.52, 0.51, 0.53, 0.50, 0.52]  # base 0.50 in every seed: E1 diffs 0, 2, 1, 3, 0, 2 points
+    glare = [0.52, 0.53, 0.53, 0.55, 0.51, 0.55]  # E2 diffs 2, 1, 2, 2, 1, 3 points
+    for s in range(6):
+        broken = (
+            ((5, 1), (2, 6)) if s == 5 else BASE_CONTROL
+        )  # seed 5's GLARE control block differs: reported
+        cells = {
+            "base": _record("base", "camvid", s, 0.50, "1100"),
+            "dino_adapter": _record(
+                "dino_adapter", "camvid", s, dino[s], "1110", snapshots={"100": {"miou": 0.4}}
+            ),
+            "glare": _record("glare", "camvid", s, glare[s], "0111", control=broken),
+        }
+        for row, rec in cells.items():
+            (folder / f"{row}__camvid__seed{s}.json").write_text(json.dumps(rec))
+    assert len(store.load_cells(tmp_path, "study")) == 18
+    result = analysis.analyse(tmp_path)
+    by = {r["key"]: r for r in result["endpoints"]}
+    e1, e2 = by["E1"], by["E2"]
+    assert e1["diffs"] == pytest.approx([0, 2, 1, 3, 0, 2]) and not e1["interim"] and e1["n"] == 6
+    assert e1["mean"] == pytest.approx(4 / 3) and e2["mean"] == pytest.approx(11 / 6)
+    # scipy's one-sample t-test of E1's differences: t = mean / (sd / sqrt 6)
+    from scipy.stats import ttest_1samp
+
+    p1, p2 = ttest_1samp([0, 2, 1, 3, 0, 2], 0).pvalue, ttest_1samp([2, 1, 2, 2, 1, 3], 0).pvalue
+    assert e1["p"] == pytest.approx(p1) and e2["p"] == pytest.approx(p2)
+    assert sorted([e1["p_holm"], e2["p_holm"]]) == pytest.approx(sorted([2 * min(p1, p2), max(p1, p2)]))
+    assert e1["ci_bonferroni"][0] < e1["ci95"][0] < e1["mean"] < e1["ci95"][1] < e1["ci_bonferroni"][1]
+    assert by["R1"]["n"] == 0 and by["R1"]["interim"] and "p_holm" not in by["R1"]  # no IDD-Lite cells yet
+    assert by["S3"]["diffs"] == pytest.approx(e1["diffs"])  # block 9 readout
+    knn = by["S14"]  # GLARE "0111" against the base "1100": gains queries 2 and 3, loses query 0
+    assert knn["diffs"][0] == pytest.approx(25.0) and knn["mcnemar"]["0"] == {
+        "gained": 2,
+        "lost": 1,
+        "p": 1.0,
+    }
+    assert result["control"] == {"checked": 12, "differ": ["study/glare__camvid__seed5"]}
+    (dose,) = result["dose_response"]
+    assert dose["arm"] == "study/dino_adapter" and dose["miou_by_step"]["100"] == pytest.approx(40.0)
+    assert "| E1 | DINO-only adapter - base | camvid | last | 6 of 6 |" in analysis.analysis_markdown(result)

@@ -22,6 +22,7 @@ from typing import Any
 from .. import paths
 from ..provenance import code_state, confirmatory_code_state
 from .configs import adapter_cell, cost_key, probe_config, probe_datasets, seg_config, train_config
+from .analysis import write_analysis
 from .figures import table_figures
 from .report import write_table_report
 from .stats import median
@@ -503,6 +504,8 @@ def run_table(
         done_now.append(record)
         if report_after:
             write_table_report(results_dir, table.name)
+            if table.preregistration and not smoke:  # the pre-registered analysis of the cells so far
+                write_analysis(results_dir)
     if report_after and figures and write_table_report(results_dir, table.name):
         table_figures(results_dir, table.name)
     return done_now
