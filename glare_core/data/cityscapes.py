@@ -80,30 +80,60 @@ FIX = (
 )
 
 
+def list_cityscapes_layout(
+    name: str,
+    split: str,
+    root: str | Path | None,
+    labels: bool,
+    strict: bool,
+    candidates: tuple[str, ...],
+    fix: str,
+    image_tag: str,
+    label_tag: str,
+    no_labels: str,
+    empty_fix: str,
+) -> SplitFiles:
+    """The files of one split in the Cityscapes layout (IDD-Lite keeps it too).
+
+    Images are ``leftImg8bit/<split>/<sub>/<id><image_tag>.<ext>``; with ``labels``, the map of each is
+    ``gtFine/<split>/<sub>/<id><label_tag>.png``.
+
+    Args:
+        name: the dataset's name (for messages).
+        split, root, labels, strict: as in ``list_split``.
+        candidates, fix: the dataset's folder names and the fix when none is found.
+        image_tag: how an image's stem ends (``"_leftImg8bit"``); other files are not images of the split.
+        label_tag: what replaces ``image_tag`` in the label map's stem (``"_gtFine_labelIds"``).
+        no_labels: the rest of the message when labels are asked for and ``gtFine/<split>`` does not exist.
+        empty_fix: the fix the error for a split without images gives.
+    """
+    folder = resolve_root(name, root, candidates, ("leftImg8bit",), fix)
+    image_dir = require_dir(folder / "leftImg8bit" / split, f"{name} split {split!r}", fix)
+    images = [p for p in list_images(image_dir, recursive=True) if p.stem.endswith(image_tag)]
+    label_paths, problems = None, []
+    if labels:
+        gt = folder / "gtFine" / split
+
+        def label_for(p: Path) -> Path:
+            stem = p.stem[: -len(image_tag)]
+            return gt / p.parent.relative_to(image_dir) / f"{stem}{label_tag}.png"
+
+        missing = f"{name}/{split}: labels asked for, but {gt} does not exist{no_labels}"
+        images, label_paths, problems = pair_labels(images, gt, label_for, str(image_dir), strict, missing)
+    return SplitFiles(folder, images, label_paths, problems, str(image_dir), empty_fix)
+
+
 def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) -> SplitFiles:
     """The files of one split: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and their label maps.
 
     With ``labels``, the map of ``<stem>_leftImg8bit.png`` is
     ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png``.
     """
-    folder = resolve_root(NAME, root, CANDIDATES, ("leftImg8bit",), FIX)
-    image_dir = require_dir(folder / "leftImg8bit" / split, f"cityscapes split {split!r}", FIX)
-    images = [p for p in list_images(image_dir, recursive=True) if p.stem.endswith("_leftImg8bit")]
-    label_paths, problems = None, []
-    if labels:
-        gt = folder / "gtFine" / split
-
-        def label_for(p: Path) -> Path:
-            stem = p.stem[: -len("_leftImg8bit")]
-            return gt / p.parent.relative_to(image_dir) / f"{stem}_gtFine_labelIds.png"
-
-        missing = (
-            f"cityscapes/{split}: labels asked for, but {gt} does not exist. Fix: unzip "
-            "gtFine_trainvaltest.zip beside leftImg8bit/, or use labels=False."
-        )
-        images, label_paths, problems = pair_labels(images, gt, label_for, str(image_dir), strict, missing)
-    empty_fix = f"expected <city>/*_leftImg8bit.png there. {FIX}"
-    return SplitFiles(folder, images, label_paths, problems, str(image_dir), empty_fix)
+    no_gt = ". Fix: unzip gtFine_trainvaltest.zip beside leftImg8bit/, or use labels=False."
+    empty = f"expected <city>/*_leftImg8bit.png there. {FIX}"
+    return list_cityscapes_layout(
+        NAME, split, root, labels, strict, CANDIDATES, FIX, "_leftImg8bit", "_gtFine_labelIds", no_gt, empty
+    )
 
 
 #: One Cityscapes split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.

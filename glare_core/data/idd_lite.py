@@ -15,28 +15,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import cityscapes
 from .base import LabelMap
-from .files import FileDataset, SplitFiles, list_images, pair_labels, require_dir, resolve_root
+from .cityscapes import list_cityscapes_layout
+from .files import FileDataset, SplitFiles
 
 NAME = "idd_lite"
-CLASSES = (
-    "drivable",
-    "non-drivable",
-    "living things",
-    "vehicles",
-    "road-side objects",
-    "far objects",
-    "sky",
-)
-PALETTE = (
-    (128, 64, 128),
-    (244, 35, 232),
-    (220, 20, 60),
-    (0, 0, 142),
-    (220, 220, 0),
-    (70, 70, 70),
-    (70, 130, 180),
-)
+#: Each class -> the closest Cityscapes class, whose colour it is drawn in.
+CLOSEST_CITYSCAPES_CLASS = {
+    "drivable": "road",
+    "non-drivable": "sidewalk",
+    "living things": "person",
+    "vehicles": "car",
+    "road-side objects": "traffic sign",
+    "far objects": "building",
+    "sky": "sky",
+}
+CLASSES = tuple(CLOSEST_CITYSCAPES_CLASS)
+PALETTE = tuple(cityscapes.PALETTE[cityscapes.CLASSES.index(c)] for c in CLOSEST_CITYSCAPES_CLASS.values())
 LABEL_MAP = LabelMap.identity(len(CLASSES), ignore_ids=(255,))
 SPLITS = ("train", "val", "test")
 CANDIDATES = ("idd_lite", "idd20k_lite", "IDD-Lite")
@@ -51,24 +47,11 @@ def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) 
 
     With ``labels``, the map of ``<id>_image.jpg`` is ``gtFine/<split>/<seq>/<id>_label.png``.
     """
-    folder = resolve_root(NAME, root, CANDIDATES, ("leftImg8bit",), FIX)
-    image_dir = require_dir(folder / "leftImg8bit" / split, f"idd_lite split {split!r}", FIX)
-    images = [p for p in list_images(image_dir, recursive=True) if p.name.endswith("_image" + p.suffix)]
-    label_paths, problems = None, []
-    if labels:
-        gt = folder / "gtFine" / split
-
-        def label_for(p: Path) -> Path:
-            stem = p.name[: -len("_image" + p.suffix)]
-            return gt / p.parent.relative_to(image_dir) / f"{stem}_label.png"
-
-        missing = (
-            f"idd_lite/{split}: labels asked for, but {gt} does not exist (IDD-Lite's test split has no "
-            "labels). Fix: use labels=False, or evaluate on 'val'."
-        )
-        images, label_paths, problems = pair_labels(images, gt, label_for, str(image_dir), strict, missing)
-    empty_fix = f"expected <seq>/<id>_image.jpg files there. {FIX}"
-    return SplitFiles(folder, images, label_paths, problems, str(image_dir), empty_fix)
+    no_gt = " (IDD-Lite's test split has no labels). Fix: use labels=False, or evaluate on 'val'."
+    empty = f"expected <seq>/<id>_image.jpg files there. {FIX}"
+    return list_cityscapes_layout(
+        NAME, split, root, labels, strict, CANDIDATES, FIX, "_image", "_label", no_gt, empty
+    )
 
 
 #: One IDD-Lite split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.

@@ -153,6 +153,19 @@ def cross_attention_correspondence(
         return weights @ z, weights
 
 
+def _cell_centres(windows: torch.Tensor, grid: tuple[int, int], average: bool = False) -> torch.Tensor:
+    """(B, K, k*k, 2) float32 (x, y) centres, in [0, 1] view coordinates, of the cells of (B, K, k*k) windows.
+
+    With ``average``, (B, K, 2): each window's centre, the mean of its cells' column and row indices then
+    shifted to the cell centre and scaled like a cell.
+    """
+    h, w = grid
+    col, row = (windows % w).float(), (windows // w).float()
+    if average:
+        col, row = col.mean(-1), row.mean(-1)
+    return torch.stack([(col + 0.5) / w, (row + 0.5) / h], dim=-1)
+
+
 def window_points(
     windows: torch.Tensor,
     grid: tuple[int, int],
@@ -171,11 +184,8 @@ def window_points(
         points (B, K, k*k, 2) (x, y) in X''s [0, 1] coordinates (float32) and inside (B, K, k*k) bool (the
         cell's centre lies in X').
     """
-    h, w = grid
     B, K, kk = windows.shape
-    x = ((windows % w).float() + 0.5) / w
-    y = ((windows // w).float() + 0.5) / h
-    pts = torch.stack([x, y], dim=-1).view(B, K * kk, 2)
+    pts = _cell_centres(windows, grid).view(B, K * kk, 2)
     dst, inside = source_to_view(view_to_source(pts, box_src.float(), flip_src), box_dst.float(), flip_dst)
     return dst.view(B, K, kk, 2), inside.view(B, K, kk)
 
@@ -192,10 +202,7 @@ def window_centre_inside(
 
     Arguments as :func:`window_points`.
     """
-    h, w = grid
-    x = ((windows % w).float().mean(-1) + 0.5) / w
-    y = ((windows // w).float().mean(-1) + 0.5) / h
-    src = view_to_source(torch.stack([x, y], dim=-1), box_src.float(), flip_src)
+    src = view_to_source(_cell_centres(windows, grid, average=True), box_src.float(), flip_src)
     return source_to_view(src, box_dst.float(), flip_dst)[1]
 
 

