@@ -42,6 +42,12 @@ def test_the_study_tables_follow_the_preregistration():
         assert cfg.snapshot_steps == (100, 200) and cfg.seed == cell.seed and cfg.split == "train"
         dino_only = cell.row.name == "dino_adapter"
         assert cfg.objective.use_local is not dino_only and cfg.objective.use_regional is not dino_only
+    neighbours = tables.get_table("study_neighbours")
+    assert neighbours.kind == "segmentation" and neighbours.seeds == (0, 1, 2) and len(neighbours.cells()) == 18
+    adapted = next(c for c in neighbours.cells() if c.row.pretrain)
+    source = configs.adapter_cell(adapted)
+    assert source.table.name == "study" and source.row.name == "glare" and source.seed == adapted.seed
+    assert neighbours.export == "adapter_student.safetensors" and neighbours.preregistration
     secondary = tables.get_table("study_secondary")
     assert secondary.seeds == (0, 1, 2) and secondary.datasets == (tables.CAMVID,)
     for cell in secondary.cells()[:4]:

@@ -33,11 +33,13 @@ class Endpoint:
     Attributes:
         key: E1, R1, S1 ... (the pre-registration's names).
         label: what it asks.
-        family: ``primary``, ``replication`` or ``secondary`` (Holm and Bonferroni within a family).
+        family: ``primary``, ``replication``, ``secondary`` or ``neighbours`` (Holm and Bonferroni within a
+            family).
         arm, reference: ``"table/row"`` of the two arms.
         dataset: the cells' dataset (``camvid``, ``idd_lite367``).
-        value: what is compared: ``"last"`` / ``"best"`` (a probe readout's mIoU, points), ``"knn"`` (k-NN
-            top-1, points), ``"transfer:camvid"`` (the arm's probe on CamVid, the reference's CamVid cell).
+        value: what is compared: ``"last"`` / ``"best"`` (a probe readout's mIoU, points), ``"decoder"`` (a
+            light-decoder cell's mIoU, points), ``"knn"`` (k-NN top-1, points), ``"transfer:camvid"`` (the
+            arm's probe on CamVid, the reference's CamVid cell).
         seeds: the design's seeds.
     """
 
@@ -51,7 +53,7 @@ class Endpoint:
     seeds: tuple[int, ...] = tuple(range(6))
 
 
-_P, _S = "study", "study_secondary"
+_P, _S, _N = "study", "study_secondary", "study_neighbours"
 _SEC3 = (0, 1, 2)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -105,13 +107,63 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "knn",
     ),
     Endpoint("S14", "k-NN top-1: GLARE - base", "secondary", f"{_P}/glare", f"{_P}/base", "camvid", "knn"),
+    Endpoint(
+        "N1",
+        "PiPa - decoder alone, base",
+        "neighbours",
+        f"{_N}/pipa_base",
+        f"{_N}/decoder_base",
+        "camvid",
+        "decoder",
+        _SEC3,
+    ),
+    Endpoint(
+        "N2",
+        "SSR - decoder alone, base",
+        "neighbours",
+        f"{_N}/ssr_base",
+        f"{_N}/decoder_base",
+        "camvid",
+        "decoder",
+        _SEC3,
+    ),
+    Endpoint(
+        "N3",
+        "PiPa - decoder alone, GLARE",
+        "neighbours",
+        f"{_N}/pipa_glare",
+        f"{_N}/decoder_glare",
+        "camvid",
+        "decoder",
+        _SEC3,
+    ),
+    Endpoint(
+        "N4",
+        "SSR - decoder alone, GLARE",
+        "neighbours",
+        f"{_N}/ssr_glare",
+        f"{_N}/decoder_glare",
+        "camvid",
+        "decoder",
+        _SEC3,
+    ),
+    Endpoint(
+        "N5",
+        "decoder alone: GLARE - base",
+        "neighbours",
+        f"{_N}/decoder_glare",
+        f"{_N}/decoder_base",
+        "camvid",
+        "decoder",
+        _SEC3,
+    ),
 )
 
 
 def _cells(results_dir: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
     """{(table, row, dataset, seed): record} of both study tables (missing tables: none)."""
     out = {}
-    for table in (_P, _S):
+    for table in (_P, _S, _N):
         for c in load_cells(results_dir, table):
             out[(table, c["row"], c["dataset"], int(c["seed"]))] = c
     return out
@@ -131,6 +183,8 @@ def _value(cells: dict, side: str, dataset: str, seed: int, value: str, referenc
     cell = cells.get((table, row, dataset, seed))
     if cell is None:
         return None
+    if value == "decoder":  # a light-decoder cell (segmentation table): its own mIoU
+        return 100 * cell["metrics"]["miou"]
     if value == "knn":
         top1 = cell["metrics"].get("knn_top1")
         return 100 * top1 if top1 is not None else None

@@ -525,6 +525,22 @@ def _study_secondary() -> Table:
     )
 
 
+def _study_neighbours() -> Table:
+    """PiPa and SSR in the study (amendment 1 of the pre-registration): the neighbours table's six rows (a
+    light decoder alone, + PiPa's losses, + SSR's branch; on the frozen base and on the GLARE-adapted
+    backbone), the adapted backbone being the student's adapters of the ``study`` table's ``glare`` cell of
+    the same seed (its run folder reused, or pre-trained there). CamVid, seeds 0-2."""
+    return dataclasses.replace(
+        _neighbours(),
+        name="study_neighbours",
+        title="The study's neighbours on CamVid: a light decoder, + PiPa or + SSR, mIoU on val (3 seeds)",
+        adapters_from="study",
+        export="adapter_student.safetensors",
+        preregistration="results/study/PREREGISTRATION.md",
+        note="pre-registered (amendment 1); GLARE-adapted: the study's glare cell of that seed (student)",
+    )
+
+
 TABLES: dict[str, Callable[[], Table]] = {
     "main": _main,
     "ablations": _ablations,
@@ -534,6 +550,7 @@ TABLES: dict[str, Callable[[], Table]] = {
     "steps": _steps,
     "study": _study_primary,
     "study_secondary": _study_secondary,
+    "study_neighbours": _study_neighbours,
 }
 
 
