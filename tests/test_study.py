@@ -43,7 +43,9 @@ def test_the_study_tables_follow_the_preregistration():
         dino_only = cell.row.name == "dino_adapter"
         assert cfg.objective.use_local is not dino_only and cfg.objective.use_regional is not dino_only
     neighbours = tables.get_table("study_neighbours")
-    assert neighbours.kind == "segmentation" and neighbours.seeds == (0, 1, 2) and len(neighbours.cells()) == 18
+    assert (
+        neighbours.kind == "segmentation" and neighbours.seeds == (0, 1, 2) and len(neighbours.cells()) == 18
+    )
     adapted = next(c for c in neighbours.cells() if c.row.pretrain)
     source = configs.adapter_cell(adapted)
     assert source.table.name == "study" and source.row.name == "glare" and source.seed == adapted.seed
@@ -188,3 +190,19 @@ def test_the_preregistered_analysis_on_known_numbers(tmp_path):
     (dose,) = result["dose_response"]
     assert dose["arm"] == "study/dino_adapter" and dose["miou_by_step"]["100"] == pytest.approx(40.0)
     assert "| E1 | DINO-only adapter - base | camvid | last | 6 of 6 |" in analysis.analysis_markdown(result)
+
+
+def test_forest_plot_draws_every_endpoint_with_an_interval():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from glare_core.study.figures import forest_plot
+
+    rows = [
+        {"key": "E1", "label": "a - b", "dataset": "camvid", "value": "last", "n": 3, "interim": True,
+         "diffs": [1.0, 2.0, 1.5], "mean": 1.5, "ci95": [0.3, 2.7], "ci_bonferroni": [0.0, 3.0]},
+        {"key": "E2", "label": "c - a", "dataset": "camvid", "value": "last", "n": 1, "interim": True,
+         "diffs": [0.5], "mean": 0.5, "ci95": None, "ci_bonferroni": None},
+    ]  # fmt: skip
+    ax = forest_plot(rows).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["E1 a - b (camvid, last; n=3, interim)"]

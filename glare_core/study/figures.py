@@ -5,7 +5,9 @@
 * :func:`per_class_difference_bars`: per-class IoU of one row minus another, seed-paired;
 * :func:`ablation_bars`: the ablations, grouped, with the reference row as a dashed line;
 * :func:`neighbours_bars`: the PiPa / SSR table, with each term's seed-paired effect;
-* :func:`efficiency_bars`: images/s and peak memory of the benchmarked training steps.
+* :func:`efficiency_bars`: images/s and peak memory of the benchmarked training steps;
+* :func:`forest_plot`: the pre-registered study's seed-paired differences with their 95 % and Bonferroni
+  intervals (:mod:`glare_core.study.analysis`).
 
 Each returns a ``matplotlib`` Figure (a notebook shows it; end the cell with ``plt.show()``); most accept
 ``ax``. :func:`table_figures` and :func:`write_figures` write the PNGs of ``glare experiment report``.
@@ -298,6 +300,31 @@ def neighbours_bars(
     ax2.set_title("effect of the term: minus the decoder alone (same seed)", fontsize=9)
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def forest_plot(endpoints: Sequence[dict[str, Any]], ax=None):
+    """One row per endpoint of :func:`glare_core.study.analysis.analyse` (those with n >= 2): the mean
+    seed-paired difference (points), its Bonferroni interval (thin line, the family's corrected interval), its
+    95 % t-interval (thick line) and each seed's difference (small dots); a vertical line at 0. Interim
+    endpoints (fewer seeds than planned) are drawn in grey and labelled so."""
+    rows = [e for e in endpoints if e["ci95"] is not None]
+    fig, ax = _axis(ax, (7, 0.45 * max(len(rows), 2) + 1))
+    for y, e in enumerate(reversed(rows)):
+        colour = "0.6" if e["interim"] else "C0"
+        ax.plot(e["ci_bonferroni"], [y, y], color=colour, lw=1)
+        ax.plot(e["ci95"], [y, y], color=colour, lw=4, solid_capstyle="butt")
+        ax.plot([e["mean"]], [y], "o", color="k" if not e["interim"] else "0.4", ms=5)
+        ax.plot(e["diffs"], [y] * len(e["diffs"]), "|", color="k", ms=6, alpha=0.5)
+    ax.axvline(0, color="k", lw=0.8)
+    labels = []
+    for e in reversed(rows):
+        interim = ", interim" if e["interim"] else ""
+        labels.append(f"{e['key']} {e['label']} ({e['dataset']}, {e['value']}; n={e['n']}{interim})")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlabel("difference (points); thick: 95 % CI, thin: Bonferroni CI, ticks: seeds")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 
