@@ -229,7 +229,8 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
 
     t = evaluation["timings"]  # one extraction for every readout, then a probe per readout
     probe_seconds = t["train_features_s"] + t["val_features_s"]
-    probe_seconds += sum(r["timings"]["probe_train_s"] + r["timings"]["probe_eval_s"] for r in results.values())
+    for r in results.values():
+        probe_seconds += r["timings"]["probe_train_s"] + r["timings"]["probe_eval_s"]
     metrics = _cell_metrics(evaluation, pre, probe_seconds, knn)
     record = {
         **_cell_identity(cell, smoke),
