@@ -444,12 +444,6 @@ def _steps() -> Table:
     )
 
 
-#: The study's pre-training (``results/study/PREREGISTRATION.md``): the ``cpu_trunk`` preset as the tuning
-#: split chose it (blocks 0-7 cached, 224 px views, 300 steps of batch 16, teacher temperature 0.02,
-#: mean-colour masks, the teacher's region query), one thread.
-STUDY_SCALE = ("num_threads=1",)
-
-
 #: The study's readouts: the last block (primary), the base's best block on the tuning split (9: 56.5 mIoU on
 #: tune_val against 53.3 at the last block) and a control block inside the frozen trunk (7: an adapted model
 #: must give the base's number there exactly).
@@ -459,8 +453,8 @@ STUDY_READOUTS = (("last", "last"), ("best", "9"), ("control", "7"))
 def _study(
     name: str, title: str, rows: tuple[Row, ...], datasets: tuple[DatasetSpec, ...], seeds, **kw
 ) -> Table:
-    """A table of the pre-registered study: the ``cpu_trunk`` preset at :data:`STUDY_SCALE`, the pinned probe
-    at :data:`STUDY_READOUTS`, the student's adapters evaluated."""
+    """A table of the pre-registered study (``results/study/PREREGISTRATION.md``): the ``cpu_trunk`` preset
+    as the tuning split chose it, one thread; the pinned probe at :data:`STUDY_READOUTS`; student adapters."""
     return Table(
         name,
         title,
@@ -468,7 +462,7 @@ def _study(
         datasets=datasets,
         seeds=tuple(seeds),
         preset="cpu_trunk",
-        overrides=STUDY_SCALE,
+        overrides=("num_threads=1",),
         probe=CPU_PROBE,
         readouts=STUDY_READOUTS,
         export="adapter_student.safetensors",
@@ -509,10 +503,7 @@ def _study_secondary() -> Table:
         Row("G_R", "G+R (no local term)", ("objective.use_local=false",), group="terms"),
         Row("dino_lora", "DINO-only, LoRA", (*DINO_ONLY, "tuning=lora", "rank=8"), group="tuning"),
         Row(
-            "dino_full",
-            "DINO-only, full fine-tuning of blocks 8-11",
-            (*DINO_ONLY, "tuning=full", "lr=none"),
-            group="tuning",
+            "dino_full", "DINO-only, full fine-tuning", (*DINO_ONLY, "tuning=full", "lr=none"), group="tuning"
         ),
     )
     return _study(
