@@ -60,7 +60,7 @@ def test_the_data_host_serves_camvid_in_the_segnet_layout(rehearsal, tmp_path, m
         folder = download_camvid(
             root=tmp_path / "data",
             url=f"{host}/{archive.name}",
-            sha256=rehearsal.sha256_of(archive),
+            sha256=rehearsal.sha256_file(archive),
             progress=False,
         )
     finally:

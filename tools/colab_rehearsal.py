@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import http.server
 import json
 import os
@@ -60,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from glare_core import sources  # noqa: E402
 from glare_core.paths import find_dataset_dir  # noqa: E402
+from glare_core.weights.formats import sha256_file  # noqa: E402
 
 #: What Colab preinstalls (besides torch and torchvision, which come from ``--torch-spec``), pinned.
 COLAB_PACKAGES = [
@@ -112,14 +112,6 @@ def say(msg: str) -> None:
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- the hosts
@@ -332,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         www.mkdir()
         _, commit = bare_clone(www)
         archive, weights = camvid_archive(www), dino_standin(www)
-        sums = {"camvid": sha256_of(archive), "dino": sha256_of(weights)}
+        sums = {"camvid": sha256_file(archive), "dino": sha256_file(weights)}
         server, host = serve(www)
         timings["hosts"] = time.perf_counter() - t
         say(
