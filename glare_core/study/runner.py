@@ -220,7 +220,7 @@ def run_cell(cell: Cell, results_dir: Path, runs_dir: Path, smoke: bool = False)
         train_ds, val_ds = probe_datasets(cell.dataset)
         results = evaluate_readouts(backbone, train_ds, val_ds, readouts, probe)
         evaluation = next(iter(results.values()))
-        further = _further_probes(cell, base_name, pre)
+        further = _further_probes(cell, base_name, backbone, pre)
         knn = None
         if cell.knn:
             from ..knn import knn_forgetting
@@ -271,11 +271,12 @@ def _scores(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _further_probes(cell: Cell, base_name: str, pre: dict[str, Any] | None) -> dict[str, Any]:
+def _further_probes(cell: Cell, base_name: str, backbone: Any, pre: dict[str, Any] | None) -> dict[str, Any]:
     """The probes a table adds to a pre-trained cell, at its first readout: ``snapshots`` ({step: scores}
     of the student's adapters saved after that step, in cells of ``snapshot_seeds``) and ``transfer``
-    ({dataset: scores} on each transfer target of this cell's dataset). Empty for a cell without
-    pre-training or a table without them."""
+    ({dataset: scores} of the cell's adapted ``backbone`` on each transfer target of this cell's dataset).
+    Empty for a cell without pre-training or a table without them. The features of these adapted backbones
+    are read once, so they stay out of the disk cache (:func:`_uncached_if_adapted`)."""
     from ..evaluation import evaluate_readouts
     from ..teacher import apply_adapter
     from ..train import snapshot_name
@@ -287,20 +288,18 @@ def _further_probes(cell: Cell, base_name: str, pre: dict[str, Any] | None) -> d
     first = dict(t.readouts[:1]) or {"probe": probe_config(cell).layers}
     if t.snapshots and cell.seed in t.snapshot_seeds:
         train_ds, val_ds = probe_datasets(cell.dataset)
+        probe = _uncached_if_adapted(probe_config(cell), pre)
         out["snapshots"] = {}
         for step in t.snapshots:
-            adapter = Path(pre["run_dir"]) / snapshot_name(step)
-            backbone = apply_adapter(load_base(base_name, verbose=False), adapter)
-            result = evaluate_readouts(
-                backbone, train_ds, val_ds, first, _uncached_if_adapted(probe_config(cell), pre)
+            snapshot = apply_adapter(
+                load_base(base_name, verbose=False), Path(pre["run_dir"]) / snapshot_name(step)
             )
+            result = evaluate_readouts(snapshot, train_ds, val_ds, first, probe)
             out["snapshots"][str(step)] = _scores(next(iter(result.values())))
     for source, target in t.transfer:
         if source == cell.dataset.name:
-            backbone = apply_adapter(load_base(base_name, verbose=False), Path(pre["run_dir"]) / t.export)
-            target_cell = dataclasses.replace(cell, dataset=target)
             train_ds, val_ds = probe_datasets(target)
-            probe = _uncached_if_adapted(probe_config(target_cell), pre)
+            probe = _uncached_if_adapted(probe_config(dataclasses.replace(cell, dataset=target)), pre)
             result = evaluate_readouts(backbone, train_ds, val_ds, first, probe)
             out.setdefault("transfer", {})[target.name] = _scores(next(iter(result.values())))
     return out
