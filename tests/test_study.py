@@ -32,6 +32,7 @@ def test_the_study_tables_follow_the_preregistration():
         "PREREGISTRATION.md"
     )
     assert all(c.knn for c in study.cells()) and study.snapshots == (100, 200)
+    assert study.snapshot_datasets == ("camvid",)  # as pre-registered; IDD-Lite runs save them unprobed
     for cell in study.cells()[:3]:
         assert configs.probe_config(cell).layers == "last" and configs.probe_config(cell).seed == cell.seed
         if not cell.row.pretrain:
@@ -69,14 +70,15 @@ def test_study_cells_smoke(tmp_path):
         tmp_path / "runs",
         smoke=True,
         figures=False,
-        only=["base__camvid", "glare__idd_lite367"],
+        only=["base__camvid", "glare__camvid", "glare__idd_lite367"],
     )
     cells = tmp_path / "results" / "study" / "cells"
     base = store.read_cell(cells / "base__camvid__seed0.json")
     assert list(base["readouts"]) == ["last", "best", "control"] and "snapshots" not in base
     assert base["metrics"]["miou"] == base["readouts"]["last"]["miou"]
-    glare = store.read_cell(cells / "glare__idd_lite367__seed0.json")
-    assert set(glare["snapshots"]) == {"2", "4"} and set(glare["transfer"]) == {"camvid"}
+    assert set(store.read_cell(cells / "glare__camvid__seed0.json")["snapshots"]) == {"2", "4"}
+    glare = store.read_cell(cells / "glare__idd_lite367__seed0.json")  # snapshots saved, not probed
+    assert "snapshots" not in glare and set(glare["transfer"]) == {"camvid"}
     assert glare["config"]["adapter_file"] == "adapter_student.safetensors"
     run_dir = Path(glare["pretrain"]["run_dir"])
     assert (run_dir / "adapter_student_step2.safetensors").exists()

@@ -286,7 +286,8 @@ def _further_probes(cell: Cell, base_name: str, backbone: Any, pre: dict[str, An
     if pre is None:
         return out
     first = dict(t.readouts[:1]) or {"probe": probe_config(cell).layers}
-    if t.snapshots and cell.seed in t.snapshot_seeds:
+    snapshot_datasets = t.snapshot_datasets or (cell.dataset.name,)
+    if t.snapshots and cell.seed in t.snapshot_seeds and cell.dataset.name in snapshot_datasets:
         train_ds, val_ds = probe_datasets(cell.dataset)
         probe = _uncached_if_adapted(probe_config(cell), pre)
         out["snapshots"] = {}

@@ -111,8 +111,8 @@ class Table:
         export: the adapter file of a pre-training run that the cell evaluates: ``"adapter.safetensors"``
             (the EMA teacher's, DINO's choice) or ``"adapter_student.safetensors"``.
         snapshots: pre-training runs also save the student's adapters after these steps
-            (``TrainConfig.snapshot_steps``), and cells of ``snapshot_seeds`` probe them (first readout): the
-            same run read at shorter lengths.
+            (``TrainConfig.snapshot_steps``), and cells of ``snapshot_seeds`` on ``snapshot_datasets``
+            (default: every dataset) probe them (first readout): the same run read at shorter lengths.
         transfer: (source dataset, target dataset) pairs: cells pre-trained on the source are also probed on
             the target (first readout), beside the target's own cells of the same seed.
         preregistration: the pre-registration a confirmatory table follows (a path in the repository); its
@@ -141,6 +141,7 @@ class Table:
     export: str = "adapter.safetensors"
     snapshots: tuple[int, ...] = ()
     snapshot_seeds: tuple[int, ...] = ()
+    snapshot_datasets: tuple[str, ...] = ()
     transfer: tuple[tuple[str, DatasetSpec], ...] = ()
     preregistration: str = ""
 
@@ -490,6 +491,7 @@ def _study_primary() -> Table:
         knn_settings=CPU_KNN,
         snapshots=(100, 200),
         snapshot_seeds=(0, 1, 2),
+        snapshot_datasets=("camvid",),
         transfer=(("idd_lite367", CAMVID),),
         note="pre-registered (results/study/PREREGISTRATION.md); student adapters; cached trunk, 300 steps",
     )
@@ -558,11 +560,9 @@ def table_kind(table: str) -> str:
 
 
 def smoke_table(table: Table) -> Table:
-    """The same grid with smoke settings: ``random:test_vit``, synthetic scenes, the smoke presets.
-
-    Every dataset becomes synthetic (keeping its name, so cells map one to one) and k-NN stays on only if
-    Tiny-ImageNet is present (it then runs with :data:`SMOKE_KNN`: 10 classes, 5 bank images each, 112 px).
-    """
+    """The same grid with smoke settings: ``random:test_vit``, synthetic scenes (each dataset keeps its name,
+    so cells map one to one), the smoke presets; k-NN stays on only if Tiny-ImageNet is present (then with
+    :data:`SMOKE_KNN`: 10 classes, 5 bank images each, 112 px)."""
 
     def synthetic(d: DatasetSpec) -> DatasetSpec:
         return DatasetSpec(d.name, f"{d.label} (synthetic)", "synthetic", probe_size=(112, 84))
