@@ -11,7 +11,7 @@ import pytest
 
 from glare_core import provenance
 from glare_core.errors import ProvenanceError
-from glare_core.study import configs, runner, store, tables
+from glare_core.study import configs, runner, store, tables, timing
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +83,11 @@ def test_study_cells_smoke(tmp_path):
     run_dir = Path(glare["pretrain"]["run_dir"])
     assert (run_dir / "adapter_student_step2.safetensors").exists()
     assert glare["git_commit"] and "git_dirty" in glare
+    costs = timing.study_costs(tmp_path / "results")  # the cost section of chapter 11 reads the same records
+    by_arm = {(r["row"], r["dataset"]): r for r in costs["rows"]}
+    assert costs["cells"] == 3 and by_arm["base", "camvid"]["pretrain"] is None
+    assert by_arm["glare", "camvid"]["pretrain"] > 0 and by_arm["glare", "camvid"]["s_per_step"] > 0
+    assert "| study/glare | camvid | 1 of 6 |" in timing.study_costs_markdown(costs)  # of 6 planned seeds
 
 
 def _repo(tmp_path: Path) -> Path:

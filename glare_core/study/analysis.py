@@ -304,8 +304,9 @@ def _fmt(x: float | None, signed: bool = True) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def analysis_markdown(result: dict[str, Any]) -> str:
-    """The analysis as markdown: one table of endpoints, then the control check and the dose-response."""
+def analysis_markdown(result: dict[str, Any], checks: bool = True) -> str:
+    """The analysis as markdown: one table of endpoints, then (with ``checks``) the control check and the
+    dose-response."""
     lines = [
         "| endpoint | difference (points) | dataset | readout | seeds | per seed | mean | sd | 95 % CI | "
         "Bonferroni CI | p | p (Holm) |",
@@ -322,6 +323,8 @@ def analysis_markdown(result: dict[str, Any]) -> str:
             f"{', '.join(_fmt(d) for d in r['diffs']) or '-'} | {_fmt(r['mean'])} | {_fmt(r['sd'], False)} | "
             f"{ci} | {bci} | {p} | {ph} |"
         )
+    if not checks:
+        return "\n".join(lines) + "\n"
     c = result["control"]
     lines += [
         "",

@@ -348,3 +348,112 @@ def plan(table: Table, results_dir: Path, smoke: bool = False, runs_dir: Path | 
         + " (medians from results/timings.json on the machine named there)"
     )
     return "\n".join(lines)
+
+
+#: The study's tables, in the order their costs are reported.
+STUDY_TABLES = ("study", "study_secondary", "study_neighbours")
+
+
+def study_costs(
+    results_dir: str | Path | None = None, tables: Sequence[str] = STUDY_TABLES
+) -> dict[str, Any]:
+    """What the finished cells of the study cost, from their own records (minutes of one thread each).
+
+    Returns ``{"rows": [...], "cell_hours": h, "cells": n, "machines": [...]}``; a row per (table, row,
+    dataset) with ``n`` cells and the medians of ``wall`` (the whole cell), ``pretrain`` (a run trained by
+    this cell: steps x seconds per step), ``s_per_step``, ``images_per_s``, ``probe`` (feature extraction and
+    the probe head of the first readout), ``knn``; None where no cell measured it (a reused run, a table
+    without k-NN). ``machines`` names each distinct (CPU, torch capability, precision) the cells ran on."""
+    from .store import load_cells, results_path
+
+    results_dir = results_path(results_dir)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    machines, hours = set(), 0.0
+    for table in tables:
+        for c in load_cells(results_dir, table):
+            groups.setdefault((table, c["row"], c["dataset"]), []).append(c)
+            m = c.get("machine") or {}
+            precision = (c.get("evaluation") or {}).get("machine", {}).get("precision", "?")
+            machines.add(f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')}), {precision}")
+            hours += c.get("wall_time_s", 0.0) / 3600
+
+    def minutes(cells, get):
+        values = [v / 60 for v in (get(c) for c in cells) if v is not None]
+        return median(values)
+
+    def trained(c, key):
+        pre = c.get("pretrain") or {}
+        return (pre.get("summary") or {}).get(key) if pre.get("mode") in ("new", "resumed") else None
+
+    rows = []
+    for (table, row, dataset), cells in groups.items():
+        rows.append(
+            {
+                "table": table,
+                "row": row,
+                "dataset": dataset,
+                "n": len(cells),
+                "wall": minutes(cells, lambda c: c.get("wall_time_s")),
+                "pretrain": minutes(cells, lambda c: (c.get("pretrain") or {}).get("step_seconds_total")),
+                "s_per_step": median(
+                    [v for v in ((c.get("pretrain") or {}).get("seconds_per_step") for c in cells) if v]
+                ),
+                "images_per_s": median([v for v in (trained(c, "images_per_s") for c in cells) if v]),
+                "probe": minutes(
+                    cells, lambda c: ((c.get("evaluation") or {}).get("timings") or {}).get("total_s")
+                ),
+                "knn": minutes(cells, lambda c: (c.get("knn") or {}).get("seconds")),
+            }
+        )
+    return {
+        "rows": rows,
+        "cell_hours": hours,
+        "cells": sum(len(v) for v in groups.values()),
+        "machines": sorted(machines),
+    }
+
+
+def study_costs_markdown(costs: dict[str, Any]) -> str:
+    """:func:`study_costs` as a markdown table (minutes; one thread per cell), with the projected total of the
+    planned cells: each group's median cell times its planned number, where a cell of it has finished."""
+    from .report import markdown_table
+    from .tables import get_table
+
+    def fmt(v, digits=1):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    rows, projected, unmeasured = [], 0.0, 0
+    measured = {(r["table"], r["row"], r["dataset"]): r for r in costs["rows"]}
+    for table in STUDY_TABLES:
+        planned: dict[tuple[str, str, str], int] = {}
+        for cell in get_table(table).cells():
+            key = (table, cell.row.name, cell.dataset.name)
+            planned[key] = planned.get(key, 0) + 1
+        for key, n_planned in planned.items():
+            r = measured.get(key)
+            if r is None or r["wall"] is None:
+                unmeasured += n_planned
+                continue
+            projected += r["wall"] * n_planned / 60
+            rows.append(
+                [
+                    f"{key[0]}/{key[1]}",
+                    key[2],
+                    f"{r['n']} of {n_planned}",
+                    fmt(r["wall"]),
+                    fmt(r["pretrain"]),
+                    fmt(r["s_per_step"], 2),
+                    fmt(r["images_per_s"]),
+                    fmt(r["probe"]),
+                    fmt(r["knn"]),
+                ]
+            )
+    header = ["arm", "dataset", "cells", "cell", "pre-training", "s / step", "images / s", "probe", "k-NN"]
+    text = markdown_table(header, rows)
+    text += (
+        f"\n\nMedian minutes per cell, one thread; measured on {'; '.join(costs['machines']) or '-'}. "
+        f"Finished: {costs['cells']} cells, {costs['cell_hours']:.1f} cell-hours. Projected for the measured "
+        f"arms' planned cells: {projected:.1f} cell-hours"
+        + (f", plus {unmeasured} planned cells of arms with no finished cell yet." if unmeasured else ".")
+    )
+    return text
