@@ -213,3 +213,20 @@ def test_forest_plot_draws_every_endpoint_with_an_interval():
     ]  # fmt: skip
     ax = forest_plot(rows).axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["E1 a - b (camvid, last; n=3, interim)"]
+
+
+def test_secondary_and_neighbour_cells_smoke(tmp_path):
+    """The study's two other tables run at smoke scale: a secondary arm (full fine-tuning) and a neighbour
+    cell on the GLARE-adapted backbone, whose adapter is the ``study`` table's glare run of the same seed
+    (its student export)."""
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    pairs = (("study_secondary", "dino_full__camvid"), ("study_neighbours", "decoder_glare__camvid"))
+    for name, only in pairs:
+        table = dataclasses.replace(tables.smoke_table(tables.get_table(name)), seeds=(0,))
+        runner.run_table(table, results, runs, smoke=True, figures=False, only=[only])
+    full = store.read_cell(results / "study_secondary" / "cells" / "dino_full__camvid__seed0.json")
+    assert full["config"]["train"]["tuning"] == "full" and full["metrics"]["miou"] > 0
+    seg = store.read_cell(results / "study_neighbours" / "cells" / "decoder_glare__camvid__seed0.json")
+    assert Path(seg["pretrain"]["run_dir"]) == runs / "study" / "glare__camvid__seed0"
+    assert seg["config"]["adapter_file"] == "adapter_student.safetensors"
+    assert (runs / "study" / "glare__camvid__seed0" / "adapter_student.safetensors").exists()

@@ -456,6 +456,7 @@ def run_segmentation_cell(
         "config": {
             **_cell_setup(cell, base_name),
             "adapter_source": f"{source.table.name}/{source.key}" if source else None,
+            "adapter_file": cell.table.export if pre else None,
             "train": train_cfg.to_dict() if train_cfg is not None else None,
             "segmentation": seg.to_dict(),
             "ssr_encoder": encoder_name,
