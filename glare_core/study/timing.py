@@ -381,9 +381,9 @@ def study_costs(
         values = [v / 60 for v in (get(c) for c in cells) if v is not None]
         return median(values)
 
-    def trained(c, key):
+    def own(c):  # the cell's pre-training record when this cell trained the run ({} when none or reused)
         pre = c.get("pretrain") or {}
-        return (pre.get("summary") or {}).get(key) if pre.get("mode") in ("new", "resumed") else None
+        return pre if pre.get("mode") in ("new", "resumed") else {}
 
     rows = []
     for (table, row, dataset), cells in groups.items():
@@ -394,11 +394,11 @@ def study_costs(
                 "dataset": dataset,
                 "n": len(cells),
                 "wall": minutes(cells, lambda c: c.get("wall_time_s")),
-                "pretrain": minutes(cells, lambda c: (c.get("pretrain") or {}).get("step_seconds_total")),
-                "s_per_step": median(
-                    [v for v in ((c.get("pretrain") or {}).get("seconds_per_step") for c in cells) if v]
+                "pretrain": minutes(cells, lambda c: own(c).get("step_seconds_total")),
+                "s_per_step": median([v for v in (own(c).get("seconds_per_step") for c in cells) if v]),
+                "images_per_s": median(
+                    [v for v in ((own(c).get("summary") or {}).get("images_per_s") for c in cells) if v]
                 ),
-                "images_per_s": median([v for v in (trained(c, "images_per_s") for c in cells) if v]),
                 "probe": minutes(
                     cells, lambda c: ((c.get("evaluation") or {}).get("timings") or {}).get("total_s")
                 ),
