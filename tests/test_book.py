@@ -309,6 +309,47 @@ def test_chapter_outputs_are_newer_than_the_results_they_read(chapter):
     )
 
 
+def _tracked() -> set[str] | None:
+    """Every path git tracks in this checkout, with every folder above them (None outside a git checkout)."""
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout:
+        return None
+    paths = set(out.stdout.split())
+    return paths | {str(Path(p).parents[i]) for p in paths for i in range(len(Path(p).parts) - 1)}
+
+
+def _results_paths_read(nb: nbformat.NotebookNode) -> set[str]:
+    """The literal ``results/...`` paths a chapter's code names (not those completed by an f-string)."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    return {m.group(0).rstrip("/.") for m in re.finditer(r"results/[\w./-]+(?![\w{])", code)}
+
+
+def test_chapters_read_only_committed_results(chapter):
+    """A file or folder under results/ that a chapter reads is committed (or a table that has no cell yet):
+    an ignored or forgotten file reads fine on the machine that wrote it and nowhere else."""
+    path, nb = chapter
+    tracked = _tracked()
+    if tracked is None:
+        pytest.skip("not a git checkout")
+    from glare_core.study.tables import TABLES
+
+    missing = sorted(
+        p for p in _results_paths_read(nb) if p not in tracked and p.removeprefix("results/") not in TABLES
+    )
+    assert not missing, f"{path.name} reads {missing}, which git does not track (ignored? not added?)"
+
+
+def test_committed_results_check_catches_an_untracked_file():
+    absent = "results/study/runs/none_such/metrics.jsonl"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f'load("{absent}", f"results/x_{{k}}")')]
+    read = _results_paths_read(nb)
+    assert absent in read and "results/x_" not in read
+    tracked = _tracked()
+    if tracked is not None:
+        assert absent not in tracked and "results/study/cells" in tracked
+
+
 def test_stale_output_check_catches_an_old_chapter():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell('load_cells(RESULTS_DIR, "main")\nsteps = cfg["steps"]')]
