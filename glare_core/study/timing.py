@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import paths
 from .configs import adapter_cell, cost_key, probe_config, probe_datasets, seg_config, train_config
+from .report import markdown_table
 from .stats import median
-from .store import ResultFileError, cell_done, machine, now, save_record, stale_reason
-from .tables import Cell, Table
+from .store import (
+    ResultFileError,
+    cell_done,
+    load_cells,
+    machine,
+    now,
+    results_path,
+    save_record,
+    stale_reason,
+)
+from .tables import Cell, Table, get_table
 
 TIMINGS_FILE = "timings.json"
 #: Kinds of measured times in ``timings.json``: seconds per pre-training step, per probe head (training and
@@ -364,8 +375,6 @@ def study_costs(
     this cell: steps x seconds per step), ``s_per_step``, ``images_per_s``, ``probe`` (feature extraction and
     the probe head of the first readout), ``knn``; None where no cell measured it (a reused run, a table
     without k-NN). ``machines`` names each distinct (CPU, torch capability, precision) the cells ran on."""
-    from .store import load_cells, results_path
-
     results_dir = results_path(results_dir)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     machines, hours = set(), 0.0
@@ -416,8 +425,6 @@ def study_costs(
 def study_costs_markdown(costs: dict[str, Any]) -> str:
     """:func:`study_costs` as a markdown table (minutes; one thread per cell), with the projected total of the
     planned cells: each group's median cell times its planned number, where a cell of it has finished."""
-    from .report import markdown_table
-    from .tables import get_table
 
     def fmt(v, digits=1):
         return "-" if v is None else f"{v:.{digits}f}"
@@ -425,10 +432,7 @@ def study_costs_markdown(costs: dict[str, Any]) -> str:
     rows, projected, unmeasured = [], 0.0, 0
     measured = {(r["table"], r["row"], r["dataset"]): r for r in costs["rows"]}
     for table in STUDY_TABLES:
-        planned: dict[tuple[str, str, str], int] = {}
-        for cell in get_table(table).cells():
-            key = (table, cell.row.name, cell.dataset.name)
-            planned[key] = planned.get(key, 0) + 1
+        planned = Counter((table, c.row.name, c.dataset.name) for c in get_table(table).cells())
         for key, n_planned in planned.items():
             r = measured.get(key)
             if r is None or r["wall"] is None:
