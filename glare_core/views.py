@@ -93,6 +93,35 @@ class Views:
     local_boxes: torch.Tensor | None = None
     local_flips: torch.Tensor | None = None
 
+    def crop(self, i: int) -> Crop:
+        """Where global view ``i`` (0 or 1) was cut from the source images."""
+        return Crop(self.boxes[i], self.flips[i])
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Where a batch of views was cut from its source images, for moving points between view and source.
+
+    Attributes:
+        boxes: (B, 4) crop boxes (x0, y0, x1, y1), normalised to the source image.
+        flips: (B,) bool, True where the view is mirrored horizontally.
+    """
+
+    boxes: torch.Tensor
+    flips: torch.Tensor
+
+    def float(self) -> Crop:
+        """The same crop with float32 boxes (for geometry under autocast)."""
+        return Crop(self.boxes.float(), self.flips)
+
+    def to_source(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, P, 2) points (x, y) in the view's [0, 1] coordinates -> the source image's (B, P, 2)."""
+        return view_to_source(points, self.boxes, self.flips)
+
+    def from_source(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, 2) source points -> view points and (B, P) bool inside the view (:func:`source_to_view`)."""
+        return source_to_view(points, self.boxes, self.flips)
+
 
 # ------------------------------------------------------------------------------------------------ randomness
 def _rand(shape, generator: torch.Generator | None) -> torch.Tensor:
@@ -210,25 +239,29 @@ def cell_centres(grid: tuple[int, int], device=None, dtype=torch.float32) -> tor
     return torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1).reshape(h * w, 2)
 
 
-def map_cells_between_views(
-    grid: tuple[int, int],
-    box_a: torch.Tensor,
-    flip_a: torch.Tensor,
-    box_b: torch.Tensor,
-    flip_b: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each patch cell of view a lands in view b (through the source image).
-
-    Args:
-        grid: (h, w) patch grid of view a.
-        box_a, box_b: (B, 4) crop boxes; flip_a, flip_b: (B,) flips.
+def map_points(points: torch.Tensor, src: Crop, dst: Crop) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move (B, P, 2) points (x, y) of view ``src`` into view ``dst`` through the source image.
 
     Returns:
-        points (B, N, 2) in view b's [0, 1] coordinates, and inside (B, N) bool (the cell's centre is in view
-        b).
+        points (B, P, 2) in ``dst``'s [0, 1] coordinates and inside (B, P) bool (the point lies in ``dst``).
     """
-    pts = cell_centres(grid, box_a.device, box_a.dtype).expand(box_a.shape[0], -1, -1)
-    return source_to_view(view_to_source(pts, box_a, flip_a), box_b, flip_b)
+    return dst.from_source(src.to_source(points))
+
+
+def map_cells_between_views(grid: tuple[int, int], src: Crop, dst: Crop) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each patch cell of view ``src`` lands in view ``dst`` (through the source image).
+
+    Args:
+        grid: (h, w) patch grid of view ``src``.
+        src, dst: the two views' crops (boxes (B, 4), flips (B,)).
+
+    Returns:
+        points (B, N, 2) in ``dst``'s [0, 1] coordinates, and inside (B, N) bool (the cell's centre is in
+        ``dst``).
+    """
+    boxes = src.boxes
+    pts = cell_centres(grid, boxes.device, boxes.dtype).expand(boxes.shape[0], -1, -1)
+    return map_points(pts, src, dst)
 
 
 def sample_at(feature_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

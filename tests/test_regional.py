@@ -11,6 +11,7 @@ from glare_core.losses import (
     region_windows,
     sample_region_centres,
 )
+from glare_core.views import Crop
 
 
 def test_windows_stay_inside_and_pool():
@@ -86,13 +87,15 @@ def test_geometric_correspondence_is_exact_for_cell_aligned_shifts():
     box2 = torch.tensor([[dx / W, dy / H, 1.0, 1.0]])
     no = torch.tensor([False])
     windows = region_windows(torch.tensor([[3 * w + 4, 6 * w + 6]]), (h, w), 3)
-    retrieved, valid = geometric_correspondence(windows, (h, w), box1, no, box2, no, v2, (h, w))
+    retrieved, valid = geometric_correspondence(windows, (h, w), Crop(box1, no), Crop(box2, no), v2, (h, w))
     assert valid.all()
     assert torch.allclose(retrieved, pool_regions(v1, windows), atol=1e-5)
     # with view 2 mirrored, the mapping goes through the flip
     v2_flipped = v2.view(1, h, w, -1).flip(2).reshape(1, h * w, -1)
     yes = torch.tensor([True])
-    retrieved_f, _ = geometric_correspondence(windows, (h, w), box1, no, box2, yes, v2_flipped, (h, w))
+    retrieved_f, _ = geometric_correspondence(
+        windows, (h, w), Crop(box1, no), Crop(box2, yes), v2_flipped, (h, w)
+    )
     assert torch.allclose(retrieved_f, retrieved, atol=1e-5)
 
 

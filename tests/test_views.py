@@ -2,7 +2,7 @@
 
 import torch
 
-from glare_core.views import ViewConfig, make_views, map_cells_between_views, view_to_source
+from glare_core.views import Crop, ViewConfig, make_views, map_cells_between_views, map_points
 
 NO_COLOUR = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0), antialias=False)
 
@@ -39,7 +39,7 @@ def test_boxes_and_flips_match_pixels():
         torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(1, -1, 2).expand(16, -1, -1)
     )
     for i in range(2):
-        expected = view_to_source(pts, v.boxes[i], v.flips[i])  # (B, S*S, 2) source coordinates
+        expected = v.crop(i).to_source(pts)  # (B, S*S, 2) source coordinates
         got = v.globals[i][:, :2].flatten(2).transpose(1, 2)
         assert torch.allclose(got, expected, atol=2e-3)
 
@@ -53,9 +53,9 @@ def test_cells_map_between_views():
         x[:, :2].unfold(2, 16, 16).unfold(3, 16, 16).mean((-1, -2)).flatten(2).transpose(1, 2)
         for x in v.globals
     ]
-    points, inside = map_cells_between_views((4, 4), v.boxes[0], v.flips[0], v.boxes[1], v.flips[1])
+    points, inside = map_cells_between_views((4, 4), v.crop(0), v.crop(1))
     # the source coordinate of a cell of view 0 equals the source coordinate at its mapped point in view 1
-    src_from_view1 = view_to_source(points, v.boxes[1], v.flips[1])
+    src_from_view1 = v.crop(1).to_source(points)
     assert torch.allclose(src_from_view1, cells[0], atol=3e-3)
     assert inside.any()
     assert ((points[inside] >= 0) & (points[inside] <= 1)).all()
@@ -87,3 +87,16 @@ def test_colour_ops_match_torchvision():
     blurred = gaussian_blur(x, torch.tensor([1.0, 1.0, 1.0]), torch.tensor([True, True, False]))
     assert torch.allclose(blurred[0], TF.gaussian_blur(x[0], [7, 7], [1.0, 1.0]), atol=1e-5)
     assert torch.equal(blurred[2], x[2])  # not selected: bit-identical
+
+
+def test_map_points_round_trips_through_the_source_image():
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[0.1, 0.2, 0.7, 0.9], [0.0, 0.0, 0.5, 0.5]])
+    a = Crop(boxes, torch.tensor([True, False]))
+    b = Crop(boxes.flip(0), torch.tensor([False, True]))
+    pts = torch.rand(2, 5, 2, generator=g)
+    there, _ = map_points(pts, a, b)
+    back, inside = map_points(there, b, a)
+    assert torch.allclose(back, pts, atol=1e-6)
+    assert inside.all()
+    assert torch.equal(map_points(pts, a, a)[1], torch.ones(2, 5, dtype=torch.bool))

@@ -151,9 +151,7 @@ class PatchDistillationLoss(TeacherTargets):
             mask = limit_per_image(inp.masks[u], self.max_patches, inp.generator)
             if self.variant == "crossview":
                 v = (u + 1) % n
-                points, inside = map_cells_between_views(
-                    S.grid, inp.views.boxes[u], inp.views.flips[u], inp.views.boxes[v], inp.views.flips[v]
-                )
+                points, inside = map_cells_between_views(S.grid, inp.views.crop(u), inp.views.crop(v))
                 mask = mask & inside
                 with torch.no_grad():
                     target = sample_at(inp.teachers[v].patch_map(), points.to(T.patches.dtype))  # (B, N, D)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..views import Views, source_to_view, view_to_source
+from ..views import Crop, Views, map_points
 from .global_consistency import TeacherTargets, collapse_stats, soft_cross_entropy
 
 if TYPE_CHECKING:
@@ -167,18 +167,13 @@ def _cell_centres(windows: torch.Tensor, grid: tuple[int, int], average: bool = 
 
 
 def window_points(
-    windows: torch.Tensor,
-    grid: tuple[int, int],
-    box_src: torch.Tensor,
-    flip_src: torch.Tensor,
-    box_dst: torch.Tensor,
-    flip_dst: torch.Tensor,
+    windows: torch.Tensor, grid: tuple[int, int], src: Crop, dst: Crop
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the cell centres of view X's windows land in view X' (through the source image).
 
     Args:
         windows: (B, K, k*k) cell indices in view X's grid ``grid`` (h, w).
-        box_src, flip_src: (B, 4), (B,) crop box and flip of X; box_dst, flip_dst: those of X'.
+        src, dst: the crops of X and X' (:class:`~glare_core.views.Crop`: boxes (B, 4), flips (B,)).
 
     Returns:
         points (B, K, k*k, 2) (x, y) in X''s [0, 1] coordinates (float32) and inside (B, K, k*k) bool (the
@@ -186,33 +181,23 @@ def window_points(
     """
     B, K, kk = windows.shape
     pts = _cell_centres(windows, grid).view(B, K * kk, 2)
-    dst, inside = source_to_view(view_to_source(pts, box_src.float(), flip_src), box_dst.float(), flip_dst)
-    return dst.view(B, K, kk, 2), inside.view(B, K, kk)
+    dst_pts, inside = map_points(pts, src.float(), dst.float())
+    return dst_pts.view(B, K, kk, 2), inside.view(B, K, kk)
 
 
-def window_centre_inside(
-    windows: torch.Tensor,
-    grid: tuple[int, int],
-    box_src: torch.Tensor,
-    flip_src: torch.Tensor,
-    box_dst: torch.Tensor,
-    flip_dst: torch.Tensor,
-) -> torch.Tensor:
+def window_centre_inside(windows: torch.Tensor, grid: tuple[int, int], src: Crop, dst: Crop) -> torch.Tensor:
     """(B, K) bool: the centre of each window of view X (the mean of its cell centres) lies inside view X'.
 
     Arguments as :func:`window_points`.
     """
-    src = view_to_source(_cell_centres(windows, grid, average=True), box_src.float(), flip_src)
-    return source_to_view(src, box_dst.float(), flip_dst)[1]
+    return map_points(_cell_centres(windows, grid, average=True), src.float(), dst.float())[1]
 
 
 def geometric_correspondence(
     windows: torch.Tensor,
     grid: tuple[int, int],
-    box_src: torch.Tensor,
-    flip_src: torch.Tensor,
-    box_dst: torch.Tensor,
-    flip_dst: torch.Tensor,
+    src: Crop,
+    dst: Crop,
     tokens_dst: torch.Tensor,
     grid_dst: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +209,7 @@ def geometric_correspondence(
 
     Args:
         windows: (B, K, k*k) cell indices in view X's grid ``grid``.
-        box_src, flip_src: (B, 4), (B,) crop box and flip of X; box_dst, flip_dst: those of X'.
+        src, dst: the crops of X and X' (:class:`~glare_core.views.Crop`).
         tokens_dst: (B, N', D) teacher tokens of X' on ``grid_dst``.
 
     Returns:
@@ -232,10 +217,10 @@ def geometric_correspondence(
     """
     B, K, kk = windows.shape
     with torch.autocast(device_type=tokens_dst.device.type, enabled=False):
-        dst, inside = window_points(windows, grid, box_src, flip_src, box_dst, flip_dst)
+        points, inside = window_points(windows, grid, src, dst)
         hd, wd = grid_dst
         fmap = tokens_dst.float().transpose(1, 2).reshape(B, -1, hd, wd)
-        grid_pts = (dst.view(B, K * kk, 2) * 2 - 1)[:, :, None, :]
+        grid_pts = (points.view(B, K * kk, 2) * 2 - 1)[:, :, None, :]
         sampled = F.grid_sample(fmap, grid_pts, mode="bilinear", padding_mode="border", align_corners=False)
         sampled = sampled[..., 0].transpose(1, 2).view(B, K, kk, -1)
         weight = inside[..., None].float()
@@ -356,17 +341,17 @@ def match_regions(
     )
     windows = region_windows(centres, grid, cfg.window)
     region = pool_regions(student.patches, windows)  # (B, K, D) student regions, with gradients
-    geometry = (views.boxes[a], views.flips[a], views.boxes[b], views.flips[b])
+    src, dst = views.crop(a), views.crop(b)
     if cfg.correspondence == "cross_attention":
         query = region if cfg.region_query == "student" else pool_regions(teacher.patches, windows)
         target, _ = cross_attention_correspondence(query.detach(), teacher_other.patches, cfg.tau_a)
         valid = torch.ones(region.shape[:2], dtype=torch.bool, device=region.device)
     else:
         target, valid = geometric_correspondence(
-            windows, grid, *geometry, teacher_other.patches, teacher_other.grid
+            windows, grid, src, dst, teacher_other.patches, teacher_other.grid
         )
     if cfg.region_overlap_only:  # only regions whose centre view b shows
-        valid = valid & window_centre_inside(windows, grid, *geometry)
+        valid = valid & window_centre_inside(windows, grid, src, dst)
     return region, target, valid
 
 

@@ -304,9 +304,7 @@ class PiPaLocalLoss(nn.Module):
         for u in range(n):
             v = (u + 1) % n
             S, T = inp.students[u], inp.teachers[v]
-            points, inside = map_cells_between_views(
-                S.grid, inp.views.boxes[u], inp.views.flips[u], inp.views.boxes[v], inp.views.flips[v]
-            )
+            points, inside = map_cells_between_views(S.grid, inp.views.crop(u), inp.views.crop(v))
             sel = limit_per_image(inside, self.max_anchors_per_image, inp.generator)
             with torch.no_grad():
                 target = sample_at(T.patch_map(), points.to(T.patches.dtype))[sel]  # (M, D)
