@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import lookup
 from .heads import HeadConfig
 from .objective import ObjectiveConfig
 from .precision import PRECISIONS
@@ -454,9 +455,7 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
 
 def preset(name: str) -> TrainConfig:
     """A fresh :class:`TrainConfig` of a named preset: smoke, demo, cpu, cpu_trunk, colab_t4 or paper."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    return lookup(PRESETS, name, "preset")()
 
 
 # ---------------------------------------------------------------------------- --set key.sub=value

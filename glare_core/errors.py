@@ -9,6 +9,11 @@ traceback, and exits with :data:`EXIT_BAD_INPUT`. A run that diverges (NaN losse
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 EXIT_OK = 0
 """Success."""
 EXIT_BUG = 1
@@ -38,3 +43,10 @@ class ProvenanceError(InputError):
 
 class NonFiniteError(ArithmeticError):
     """Numbers became NaN or infinite (a loss, weights, gradients); nothing already saved was overwritten."""
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """``registry[name]``, or a ``ValueError`` that names ``what`` was asked for and lists the choices."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
+    return registry[name]

@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -64,18 +64,63 @@ INFERENCE_MODES = ("resize", "slide")
 _Protocol = TypeVar("_Protocol", bound="Protocol")
 
 
+@dataclass
 class Protocol:
     """What the downstream protocols share (:class:`ProbeConfig`, and the light decoder's
-    :class:`~glare_core.neighbours.segmentation.SegTrainConfig`): a seconds-long ``smoke`` preset chosen by
-    ``GLARE_SMOKE=1``, the dict of the recorded fields that goes into every result, and the settings of the
-    frozen-feature extraction."""
+    :class:`~glare_core.neighbours.segmentation.SegTrainConfig`): the fields below, their checks, a
+    seconds-long ``smoke`` preset chosen by ``GLARE_SMOKE=1``, the dict of the recorded fields that goes into
+    every result, and the settings of the frozen-feature extraction.
 
-    layers: str
-    feature_batch_size: int
-    cache: bool
-    precision: str
-    progress: bool | None
-    num_workers: int = 0  # data-loader workers of the extraction: a field of ProbeConfig, 0 elsewhere
+    Attributes:
+        size: (W, H) input resolution before rounding to the patch multiple; 448x336 suits CamVid (480x360).
+        layers: ``"last"`` (last block's patch tokens, default), ``"last4"`` (last four blocks concatenated),
+            or block indices such as ``"9"``.
+        hidden_dim: width of the decoder.
+        steps: optimiser steps (the same for every compared backbone or variant).
+        batch_size: feature maps per step.
+        lr: peak learning rate, cosine decay to 0 after a linear warm-up (each protocol sets its own).
+        weight_decay: weight decay.
+        warmup_steps: linear warm-up steps (at most 10 % of ``steps``).
+        flip: random horizontal flips of feature maps and labels during training.
+        seed: seeds the head's initialisation, the batch order and each step's random draws.
+        label_scale: resolution of the training loss relative to the input size (1.0: full). Evaluation is
+            always at full label resolution.
+        feature_batch_size: images per backbone forward during extraction.
+        eval_batch_size: feature maps per prediction batch.
+        precision: autocast precision of the backbone during extraction: ``"auto"`` (bf16 where the hardware
+            multiplies bf16 natively, fp16 on a GPU without it, else float32; :mod:`glare_core.precision`),
+            ``"bf16"``, ``"fp16"`` or ``"fp32"``. The result records the precision used.
+        cache: keep extracted features in the on-disk cache (``paths.cache_dir()/features``).
+        progress: show progress bars (None: only in an interactive session); not recorded.
+    """
+
+    size: tuple[int, int] = (448, 336)
+    layers: str = "last"
+    hidden_dim: int = 256
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-2
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    flip: bool = True
+    seed: int = 0
+    label_scale: float = 0.5
+    feature_batch_size: int = 8
+    eval_batch_size: int = 8
+    precision: str = "auto"
+    cache: bool = True
+    progress: bool | None = field(default=None, metadata={"record": False})
+    num_workers: ClassVar[int] = 0  # data-loader workers of the extraction: a field of ProbeConfig only
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for count in ("steps", "batch_size", "feature_batch_size", "eval_batch_size", "hidden_dim"):
+            if getattr(self, count) < 1:
+                raise ValueError(f"{name}.{count} must be >= 1, got {getattr(self, count)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"{name}.lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.label_scale) and 0 < self.label_scale <= 1):
+            raise ValueError(f"{name}.label_scale must be in (0, 1], got {self.label_scale}")
 
     @classmethod
     def smoke(cls: type[_Protocol], **overrides) -> _Protocol:
@@ -116,31 +161,17 @@ class ProbeConfig(Protocol):
     """The segmentation-probe protocol (Design; ``glare-method.md`` section 4). Every field is recorded in
     results.
 
+    The fields of :class:`Protocol` (input size, layers, steps, batch, schedule, flips, seed, extraction
+    settings), with the probe's own values of two of them, and the probe's own fields:
+
     Attributes:
-        size: (W, H) input resolution before rounding to the patch multiple; 448x336 suits CamVid (480x360).
-        layers: ``"last"`` (last block's patch tokens, default), ``"last4"`` (last four blocks concatenated),
-            or block indices such as ``"9"``.
         head: ``"linear"`` (BatchNorm + 1x1 conv, default) or ``"decoder"`` (two conv3x3-BN-ReLU then 1x1).
-        hidden_dim: width of the decoder head.
-        steps: optimiser steps of the head.
-        batch_size: images per step.
-        lr: peak learning rate (cosine decay to 0 after a linear warm-up). 3e-2 was chosen on CamVid val with
-            the offline DINOv2 base (AdamW, 1000 steps, batch 8, label_scale 0.5: mIoU 49.2 at 1e-3, 52.9 at
-            3e-3, 55.3 at 1e-2, 56.0 at 3e-2, 54.0 at 1e-1); it is fixed for every compared backbone.
-        weight_decay: weight decay.
+        lr: 3e-2, chosen on CamVid val with the offline DINOv2 base (AdamW, 1000 steps, batch 8, label_scale
+            0.5: mIoU 49.2 at 1e-3, 52.9 at 3e-3, 55.3 at 1e-2, 56.0 at 3e-2, 54.0 at 1e-1); it is fixed for
+            every compared backbone.
         optimizer: ``"adamw"`` or ``"sgd"``.
-        warmup_steps: linear warm-up steps (at most 10 % of ``steps``).
-        flip: random horizontal flips of feature maps and labels during training.
-        seed: seeds the head's initialisation, batch order and flips.
-        label_scale: resolution of the training loss relative to the probe input size (1.0: full; the default
-            0.5 is about 4x cheaper per step on CPU and measured the same mIoU, 49.15 vs 49.2 at lr 1e-3, on
-            CamVid val). Evaluation is always at full label resolution.
-        feature_batch_size: images per backbone forward during extraction.
-        eval_batch_size: feature maps per prediction batch.
-        precision: autocast precision of the backbone during extraction: ``"auto"`` (bf16 where the hardware
-            multiplies bf16 natively, fp16 on a GPU without it, else float32; :mod:`glare_core.precision`),
-            ``"bf16"``, ``"fp16"`` or ``"fp32"``. The result records the precision used.
-        cache: keep extracted features in the on-disk cache (``paths.cache_dir()/features``).
+        label_scale: 0.5, about 4x cheaper per step on CPU than 1.0 and measured the same mIoU (49.15 vs 49.2
+            at lr 1e-3, on CamVid val).
         num_workers: DataLoader workers for image decoding.
         inference: ``"resize"`` (default) or ``"slide"`` (see the module docstring).
         slide_scale: ``"slide"`` only: the image is resized to its label resolution times this factor (each
@@ -149,30 +180,17 @@ class ProbeConfig(Protocol):
             mmsegmentation's 341 / 512).
     """
 
-    size: tuple[int, int] = (448, 336)
-    layers: str = "last"
     head: str = "linear"
-    hidden_dim: int = 256
-    steps: int = 1000
-    batch_size: int = 8
     lr: float = 3e-2
-    weight_decay: float = 1e-4
     optimizer: str = "adamw"
-    warmup_steps: int = 50
-    flip: bool = True
-    seed: int = 0
     label_scale: float = 0.5
-    feature_batch_size: int = 8
-    eval_batch_size: int = 8
-    precision: str = "auto"
-    cache: bool = True
-    num_workers: int = 0
+    num_workers: int = 0  # type: ignore[misc]
     inference: str = "resize"
     slide_scale: float = 1.0
     slide_stride: float = 2 / 3
-    progress: bool | None = field(default=None, metadata={"record": False})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.inference not in INFERENCE_MODES:
             raise ValueError(
                 f"ProbeConfig.inference must be one of {INFERENCE_MODES}, got {self.inference!r}"
@@ -183,13 +201,6 @@ class ProbeConfig(Protocol):
             )
         if self.slide_scale <= 0:
             raise ValueError(f"ProbeConfig.slide_scale must be positive, got {self.slide_scale}")
-        for name in ("steps", "batch_size", "feature_batch_size", "eval_batch_size", "hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"ProbeConfig.lr must be a finite number > 0, got {self.lr}")
-        if not (math.isfinite(self.label_scale) and 0 < self.label_scale <= 1):
-            raise ValueError(f"ProbeConfig.label_scale must be in (0, 1], got {self.label_scale}")
 
     @classmethod
     def smoke(cls, **overrides) -> ProbeConfig:

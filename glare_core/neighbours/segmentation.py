@@ -86,52 +86,29 @@ TERMS = ("pixel_contrast", "patch_consistency", "ssr")
 class SegTrainConfig(Protocol):
     """The downstream light-decoder protocol. Every field is recorded in results.
 
+    The fields of :class:`~glare_core.evaluation.Protocol` (input size, layers, decoder width, steps, batch,
+    schedule, flips, seed, extraction settings), with the decoder's own values of two of them, and its own
+    fields:
+
     Attributes:
-        size: (W, H) input resolution before rounding to the patch multiple (448x336 for CamVid).
-        layers: backbone blocks whose tokens are the features (``"last"``, ``"last4"``, ...).
-        hidden_dim: width of the decoder (256).
-        steps: optimiser steps (the same for every variant).
-        batch_size: feature maps per step.
-        lr: peak AdamW learning rate (1e-3, Design, not tuned), cosine decay after a linear warm-up.
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up steps (at most 10 % of ``steps``).
-        flip: random horizontal flips of feature maps and labels.
-        seed: seeds the decoder's initialisation, the batch order and each step's random draws.
-        label_scale: resolution of the cross-entropy relative to the input size (1.0 full, 0.5 cheaper).
-        feature_batch_size: images per backbone forward during extraction.
-        eval_batch_size: feature maps per prediction batch.
-        precision: autocast precision of the backbone during extraction (:mod:`glare_core.precision`).
+        lr: peak AdamW learning rate (1e-3, Design, not tuned).
+        label_scale: 1.0 (the cross-entropy at full input resolution).
         train_precision: autocast precision of the decoder's (and the extra modules') forward passes during
             training; the losses are computed in float32 (training runs on cached features; bf16
             was about 1.6x faster per step than float32 on a 2-core CPU with native bf16, ViT-S/14 features at
             24 x 32).
-        cache: keep extracted features in the on-disk cache.
         pixel_contrast: PiPa's pixel contrast (:class:`~glare_core.neighbours.pipa.PixelContrastConfig`).
         patch_consistency: PiPa's patch consistency
             (:class:`~glare_core.neighbours.pipa.PatchConsistencyConfig`).
         ssr: SSR's fusion branch (:class:`~glare_core.neighbours.ssr.SSRConfig`).
     """
 
-    size: tuple[int, int] = (448, 336)
-    layers: str = "last"
-    hidden_dim: int = 256
-    steps: int = 1000
-    batch_size: int = 8
     lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    flip: bool = True
-    seed: int = 0
     label_scale: float = 1.0
-    feature_batch_size: int = 8
-    eval_batch_size: int = 8
-    precision: str = "auto"
     train_precision: str = "auto"
-    cache: bool = True
     pixel_contrast: PixelContrastConfig = field(default_factory=PixelContrastConfig)
     patch_consistency: PatchConsistencyConfig = field(default_factory=PatchConsistencyConfig)
     ssr: SSRConfig = field(default_factory=SSRConfig)
-    progress: bool | None = field(default=None, metadata={"record": False})
 
     @classmethod
     def smoke(cls, **overrides) -> SegTrainConfig:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import lookup
 from ..paths import find_dataset_dir
 
 
@@ -549,9 +550,7 @@ TABLES: dict[str, Callable[[], Table]] = {
 
 def get_table(name: str) -> Table:
     """A table by name (see :data:`TABLES`)."""
-    if name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; choose one of {sorted(TABLES)}")
-    return TABLES[name]()
+    return lookup(TABLES, name, "table")()
 
 
 def table_kind(table: str) -> str:
