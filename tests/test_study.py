@@ -197,6 +197,13 @@ def test_the_preregistered_analysis_on_known_numbers(tmp_path):
     (dose,) = result["dose_response"]
     assert dose["arm"] == "study/dino_adapter" and dose["miou_by_step"]["100"] == pytest.approx(40.0)
     assert "| E1 | DINO-only adapter - base | camvid | last | 6 of 6 |" in analysis.analysis_markdown(result)
+    lines = {key: analysis.verdict(r) for key, r in by.items()}
+    low, high = e1["ci95"]
+    assert lines["E1"] == (
+        f"E1 DINO-only adapter - base (camvid, last): +1.33 points, 95 % CI [{low:+.2f}, {high:+.2f}], "
+        f"Holm p = {e1['p_holm']:.2g}: " + ("resolved" if e1["p_holm"] < 0.05 else "not resolved")
+    )
+    assert lines["R1"] == "R1 DINO-only adapter - base (idd_lite367): 0 of 6 seeds, no verdict yet"
 
 
 def test_forest_plot_draws_every_endpoint_with_an_interval():

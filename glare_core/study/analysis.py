@@ -304,6 +304,21 @@ def _fmt(x: float | None, signed: bool = True) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
+def verdict(r: dict[str, Any]) -> str:
+    """One endpoint of :func:`analyse` in a line: the estimate, its 95 % interval, Holm's adjusted p and
+    whether the family's correction resolves it at :data:`ALPHA`; ``(interim)`` while seeds are missing."""
+    head = f"{r['key']} {r['label']} ({r['dataset']}"
+    if r["n"] < 2:
+        return f"{head}): {r['n']} of {len(r['design_seeds'])} seeds, no verdict yet"
+    low, high = r["ci95"]
+    resolved = r["p_holm"] is not None and r["p_holm"] < ALPHA
+    return (
+        f"{head}, {r['value']}): {r['mean']:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}], "
+        f"Holm p = {r['p_holm']:.2g}: {'resolved' if resolved else 'not resolved'}"
+        + (" (interim)" if r["interim"] else "")
+    )
+
+
 def analysis_markdown(result: dict[str, Any], checks: bool = True) -> str:
     """The analysis as markdown: one table of endpoints, then (with ``checks``) the control check and the
     dose-response."""
