@@ -71,3 +71,19 @@ def test_subprocess_smoke_run(tmp_path: Path):
     # --resume reads OUT/config.json (not the default preset); on a finished run it only re-exports
     assert main(["pretrain", "--out", str(out), "--resume"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_demo_smoke_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """README's first command, ``make demo``, in its seconds-long form: both rows, telemetry, demo.json."""
+    monkeypatch.setenv("GLARE_CACHE_DIR", str(tmp_path / "cache"))  # feature cache out of the user's cache
+    out = tmp_path / "demo"
+    assert main(["demo", "--smoke", "--out", str(out), "--precision", "fp32"]) == 0
+    record = json.loads((out / "demo.json").read_text())
+    base, glare = record["rows"]
+    assert record["smoke"] and (base["model"], glare["model"]) == ("base (frozen)", "GLARE (G+L+R, adapter)")
+    assert base["trainable_params"] == 0 < glare["trainable_params"]
+    assert 0 < base["miou"] <= 1 and 0 < glare["miou"] <= 1 and record["pretrain"]["steps"] > 0
+    assert record["export"] == "adapter_student.safetensors"
+    assert (out / "pretrain" / record["export"]).exists()
+    printed = capsys.readouterr().out
+    assert "numbers mean nothing" in printed and "last-layer tokens moved" in printed
