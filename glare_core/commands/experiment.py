@@ -13,8 +13,10 @@ of seed k is the main table's glare cell of seed k, reused from runs/experiments
 scale and steps (the main table's DINO-only adapter and GLARE rows pre-trained on 224 px views, the probe's
 pixel scale, or for 400 steps instead of 100, x CamVid x 3 seeds); the pre-registered study
 (results/study/PREREGISTRATION.md): study (base, DINO-only adapter, GLARE x CamVid, IDD-Lite-367 x 6 seeds on
-the cached trunk, three probe readouts, k-NN, snapshots, transfer) and study_secondary (G+L, G+R, LoRA, full
-fine-tuning x CamVid x 3 seeds); their cells refuse to start while glare_core/ has uncommitted changes.
+the cached trunk, three probe readouts, k-NN, snapshots, transfer), study_secondary (G+L, G+R, LoRA, full
+fine-tuning x CamVid x 3 seeds) and study_neighbours (the neighbours' six rows, the adapted backbone being the
+study's GLARE cell of the same seed, x CamVid x 3 seeds); their cells refuse to start while glare_core/ or the
+pre-registration has uncommitted changes.
 
 Examples:
   glare experiment list                           # every table's cells and which are done
