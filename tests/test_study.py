@@ -193,7 +193,15 @@ def test_the_preregistered_analysis_on_known_numbers(tmp_path):
         "lost": 1,
         "p": 1.0,
     }
-    assert result["control"] == {"checked": 12, "differ": ["study/glare__camvid__seed5"]}
+    assert result["control"] == {"checked": 12, "differ": ["study/glare__camvid__seed5"], "final_norm": []}
+    assert "(1 unexplained: a bug)" in analysis.analysis_markdown(result)
+    full = _record("dino_full", "camvid", 5, 0.5, "1100", control=((5, 1), (1, 8)))  # trains the final norm
+    full["config"]["train"]["tuning"] = "full"
+    (folder / "dino_full__camvid__seed5.json").write_text(json.dumps(full))
+    control = analysis.analyse(tmp_path)["control"]
+    assert control["final_norm"] == ["study/dino_full__camvid__seed5"] and len(control["differ"]) == 2
+    assert analysis.control_reason(control).startswith(" (1 full fine-tuning cell, whose run trains")
+    assert analysis.control_reason(control).endswith("; 1 unexplained: a bug)")
     (dose,) = result["dose_response"]
     assert dose["arm"] == "study/dino_adapter" and dose["miou_by_step"]["100"] == pytest.approx(40.0)
     assert "| E1 | DINO-only adapter - base | camvid | last | 6 of 6 |" in analysis.analysis_markdown(result)
