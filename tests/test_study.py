@@ -244,4 +244,5 @@ def test_secondary_and_neighbour_cells_smoke(tmp_path):
     seg = store.read_cell(results / "study_neighbours" / "cells" / "decoder_glare__camvid__seed0.json")
     assert Path(seg["pretrain"]["run_dir"]) == runs / "study" / "glare__camvid__seed0"
     assert seg["config"]["adapter_file"] == "adapter_student.safetensors"
+    assert seg["machine"]["precision"] in ("fp32", "bf16", "fp16")  # the decoder's autocast, as resolved
     assert (runs / "study" / "glare__camvid__seed0" / "adapter_student.safetensors").exists()

@@ -465,7 +465,11 @@ def run_segmentation_cell(
         "inference_check": check,
         "evaluation": {k: v for k, v in result.items() if k not in ("per_class_iou", "config", "machine")},
         **_cell_provenance(cell, code, started, t0),
-        "machine": {**machine(), "torch_threads": result["machine"]["threads"]},
+        "machine": {
+            **machine(),
+            "torch_threads": result["machine"]["threads"],
+            "precision": result["machine"]["train_precision"],  # the decoder's autocast
+        },
     }
     save_record(record, cell.result_path(results_dir))
     return record

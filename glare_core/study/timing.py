@@ -382,7 +382,8 @@ def study_costs(
         for c in load_cells(results_dir, table):
             groups.setdefault((table, c["row"], c["dataset"]), []).append(c)
             m = c.get("machine") or {}
-            precision = (c.get("evaluation") or {}).get("machine", {}).get("precision", "?")
+            precision = (c.get("evaluation") or {}).get("machine", {}).get("precision") or m.get("precision")
+            precision = precision or "precision not recorded"  # neighbour cells before the runner kept it
             machines.add(f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')}), {precision}")
             hours += c.get("wall_time_s", 0.0) / 3600
 
