@@ -266,7 +266,7 @@ def control_check(cells: dict) -> dict[str, Any]:
         checked += 1
         if cell["readouts"]["control"]["confusion_matrix"] != base["readouts"]["control"]["confusion_matrix"]:
             differ.append(f"{table}/{row}__{dataset}__seed{seed}")
-            if cell.get("config", {}).get("train", {}).get("tuning") == "full":
+            if ((cell.get("config") or {}).get("train") or {}).get("tuning") == "full":
                 final_norm.append(differ[-1])
     return {"checked": checked, "differ": differ, "final_norm": final_norm}
 
