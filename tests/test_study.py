@@ -202,6 +202,11 @@ def test_the_preregistered_analysis_on_known_numbers(tmp_path):
     assert control["final_norm"] == ["study/dino_full__camvid__seed5"] and len(control["differ"]) == 2
     assert analysis.control_reason(control).startswith(" (1 full fine-tuning cell, whose run trains")
     assert analysis.control_reason(control).endswith("; 1 unexplained: a bug)")
+    odd = _record("dino_lora", "camvid", 4, 0.5, "1100", control=((5, 1), (1, 8)))
+    odd["config"] = {"train": None}  # no training config: counted as a difference, not explained by the norm
+    (folder / "dino_lora__camvid__seed4.json").write_text(json.dumps(odd))
+    control = analysis.analyse(tmp_path)["control"]
+    assert "study/dino_lora__camvid__seed4" in control["differ"] and len(control["final_norm"]) == 1
     (dose,) = result["dose_response"]
     assert dose["arm"] == "study/dino_adapter" and dose["miou_by_step"]["100"] == pytest.approx(40.0)
     assert "| E1 | DINO-only adapter - base | camvid | last | 6 of 6 |" in analysis.analysis_markdown(result)
