@@ -217,6 +217,10 @@ def test_the_preregistered_analysis_on_known_numbers(tmp_path):
         f"Holm p = {e1['p_holm']:.2g}: " + ("resolved" if e1["p_holm"] < 0.05 else "not resolved")
     )
     assert lines["R1"] == "R1 DINO-only adapter - base (idd_lite367): 0 of 6 seeds, no verdict yet"
+    assert analysis.resolved(e2) == (e2["p_holm"] < 0.05) and not analysis.resolved({"p_holm": None})
+    analysis.claim(True, "holds")
+    with pytest.raises(AssertionError, match="the text says: 'E1 is resolved'"):
+        analysis.claim(False, "E1 is resolved")
 
 
 def test_forest_plot_draws_every_endpoint_with_an_interval():

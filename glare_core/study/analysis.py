@@ -332,6 +332,18 @@ def _fmt(x: float | None, signed: bool = True) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
+def resolved(r: dict[str, Any]) -> bool:
+    """Whether an endpoint of :func:`analyse` is resolved: Holm's adjusted p below :data:`ALPHA`."""
+    return r["p_holm"] is not None and r["p_holm"] < ALPHA
+
+
+def claim(condition: bool, statement: str) -> None:
+    """Stop a page whose text says ``statement`` when the analysis no longer supports it (the book writes
+    its readings of the study next to these checks, so recomputed cells cannot leave the prose behind)."""
+    if not condition:
+        raise AssertionError(f"the text says: {statement!r}, and the analysis no longer does; rewrite it")
+
+
 def verdict(r: dict[str, Any]) -> str:
     """One endpoint of :func:`analyse` in a line: the estimate, its 95 % interval, Holm's adjusted p and
     whether the family's correction resolves it at :data:`ALPHA`; ``(interim)`` while seeds are missing."""
@@ -339,10 +351,9 @@ def verdict(r: dict[str, Any]) -> str:
     if r["n"] < 2:
         return f"{head}): {r['n']} of {len(r['design_seeds'])} seeds, no verdict yet"
     low, high = r["ci95"]
-    resolved = r["p_holm"] is not None and r["p_holm"] < ALPHA
     return (
         f"{head}, {r['value']}): {r['mean']:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}], "
-        f"Holm p = {r['p_holm']:.2g}: {'resolved' if resolved else 'not resolved'}"
+        f"Holm p = {r['p_holm']:.2g}: {'resolved' if resolved(r) else 'not resolved'}"
         + (" (interim)" if r["interim"] else "")
     )
 
