@@ -41,10 +41,10 @@ from .losses import (
     RegionLoss,
     build_local_loss,
     regional_consistency,
-    teacher_temperature,
     temperatures,
 )
 from .patch_augment import PatchAugConfig, patch_augment
+from .schedules import TeacherTemperature
 from .teacher import ViewOutput, unwrap
 from .trunk import TrunkBatch
 from .views import ViewConfig, Views, make_views
@@ -311,9 +311,7 @@ class GlareObjective(nn.Module):
         for name, term in terms.items():  # collapse_stats of each term's teacher targets
             for key, value in getattr(term, "diagnostics", {}).items():
                 logs[f"teacher_{key}_{name}"] = value
-        logs["teacher_temp"] = teacher_temperature(
-            step, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_steps
-        )
+        logs["teacher_temp"] = TeacherTemperature.of(cfg)(step)
         return loss, logs
 
     def _check(self, net: nn.Module) -> None:

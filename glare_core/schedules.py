@@ -7,7 +7,7 @@ schedule                       used by
 =============================  ========================================================================
 :func:`cosine_schedule`        pre-training's learning rate (with warm-up) and weight decay
 :func:`momentum_schedule`      the EMA teacher's momentum m (``StudentTeacher.update_teacher``)
-:func:`teacher_temperature`    the teachers' softmax temperature tau_t of the three GLARE terms
+:class:`TeacherTemperature`   the teachers' softmax temperature tau_t of the three GLARE terms (and PiPa's)
 :func:`cosine_lr`              the segmentation probe's learning-rate factor (``torch`` ``LambdaLR``)
 =============================  ========================================================================
 
@@ -21,7 +21,8 @@ momentum cosine 0.996 -> 1; tau_t linear 0.04 -> 0.07 over the first 30 % of the
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -87,6 +88,33 @@ def teacher_temperature(step: int, warmup_temp: float, temp: float, warmup_steps
     if warmup_steps <= 1:
         return float(warmup_temp)
     return float(warmup_temp + (temp - warmup_temp) * step / (warmup_steps - 1))
+
+
+@dataclass(frozen=True)
+class TeacherTemperature:
+    """The tau_t schedule as one value: ``tau_t(step)`` is :func:`teacher_temperature` of these settings.
+
+    The teachers of the global, local and regional terms (and PiPa's pseudo-labels) share it; the objective
+    builds it once from its config (:meth:`of`).
+
+    Attributes:
+        warmup_temp: tau_t on step 0 (DINO: 0.04).
+        temp: tau_t after the warm-up (DINO: 0.07).
+        warmup_steps: length of the linear warm-up in optimiser steps.
+    """
+
+    warmup_temp: float = 0.04
+    temp: float = 0.07
+    warmup_steps: int = 1000
+
+    @classmethod
+    def of(cls, cfg: Any) -> TeacherTemperature:
+        """The schedule an ``ObjectiveConfig`` sets (``warmup_teacher_temp``, ``teacher_temp``,
+        ``warmup_teacher_temp_steps``)."""
+        return cls(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_steps)
+
+    def __call__(self, step: int) -> float:
+        return teacher_temperature(step, self.warmup_temp, self.temp, self.warmup_steps)
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:

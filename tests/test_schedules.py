@@ -10,6 +10,7 @@ import pytest
 
 from glare_core.config import preset
 from glare_core.schedules import (
+    TeacherTemperature,
     build_schedules,
     cosine_lr,
     cosine_schedule,
@@ -117,6 +118,21 @@ def test_teacher_temperature_equals_the_former_one():
             assert teacher_temperature(step, 0.04, 0.07, warm) == former_teacher_temperature(
                 step, 0.04, 0.07, warm
             )
+
+
+def test_teacher_temperature_schedule_is_the_function_of_the_objective_settings():
+    from glare_core.losses import DINOLoss, PatchDistillationLoss, RegionLoss
+    from glare_core.neighbours.pipa.patch_consistency import build_pipa_local
+    from glare_core.objective import ObjectiveConfig
+
+    cfg = ObjectiveConfig(teacher_temp=0.06, warmup_teacher_temp=0.02, warmup_teacher_temp_steps=9)
+    tau = TeacherTemperature.of(cfg)
+    assert tau == TeacherTemperature(0.02, 0.06, 9)
+    assert [tau(k) for k in range(12)] == [teacher_temperature(k, 0.02, 0.06, 9) for k in range(12)]
+    kw = {"teacher_temp": 0.06, "warmup_teacher_temp": 0.02, "warmup_teacher_temp_steps": 9}
+    for loss in (DINOLoss(**kw), PatchDistillationLoss(**kw), RegionLoss(**kw)):
+        assert loss.tau_t == tau and loss.temperature(4) == tau(4)
+    assert build_pipa_local(cfg).tau_t == tau  # PiPa's pseudo-labels follow the same schedule
 
 
 # ---------------------------------------------------------------------------- the probe's factor

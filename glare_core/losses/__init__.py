@@ -14,6 +14,7 @@ and calls :class:`RegionLoss`. Each loss records DINO's collapse diagnostics of 
 every call (``loss.diagnostics``, :func:`collapse_stats`).
 """
 
+from ..schedules import TeacherTemperature, teacher_temperature
 from .global_consistency import (
     TEMPERATURE_FIELDS,
     Centering,
@@ -22,7 +23,6 @@ from .global_consistency import (
     centred_softmax,
     collapse_stats,
     soft_cross_entropy,
-    teacher_temperature,
     temperatures,
 )
 from .local_consistency import (
@@ -53,6 +53,7 @@ __all__ = [
     "DINOLoss",
     "TeacherTargets",
     "temperatures",
+    "TeacherTemperature",
     "teacher_temperature",
     "centred_softmax",
     "collapse_stats",

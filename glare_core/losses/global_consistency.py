@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..schedules import teacher_temperature
+from ..schedules import TeacherTemperature
 
 #: The temperature settings the three terms share (fields of ``ObjectiveConfig``, arguments of the losses).
 TEMPERATURE_FIELDS = ("student_temp", "teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_steps")
@@ -162,9 +162,7 @@ class TeacherTargets(nn.Module):
     ):
         super().__init__()
         self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
+        self.tau_t = TeacherTemperature(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_steps)
         self.centering = Centering(out_dim, center_momentum)
         self.diagnostics: dict[str, float] = {}  # collapse_stats of the last call's teacher targets
 
@@ -173,10 +171,8 @@ class TeacherTargets(nn.Module):
         return self.centering.center
 
     def temperature(self, step: int) -> float:
-        """tau_t at ``step`` (:func:`~glare_core.schedules.teacher_temperature`)."""
-        return teacher_temperature(
-            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
-        )
+        """tau_t at ``step`` (:class:`~glare_core.schedules.TeacherTemperature`)."""
+        return self.tau_t(step)
 
     def teacher_probs(self, teacher_logits: torch.Tensor, step: int) -> torch.Tensor:
         """softmax((t - c) / tau_t) in float32; (..., K) -> (..., K)."""

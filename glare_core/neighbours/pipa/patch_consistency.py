@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...losses.local_consistency import LocalInputs, limit_per_image, register_local_variant
-from ...schedules import teacher_temperature
+from ...schedules import TeacherTemperature
 from ...views import map_cells_between_views, sample_at
 
 
@@ -270,23 +270,20 @@ class PiPaLocalLoss(nn.Module):
     Args:
         cfg: :class:`PatchConsistencyConfig` (``threshold``, ``temperature``, ``queue_size``,
             ``max_anchors``).
-        teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps: tau_t schedule of the pseudo-labels.
+        tau_t: the teacher-temperature schedule of the pseudo-labels (the objective's, shared with the
+            GLARE terms).
         max_anchors_per_image: cap per image and view (None: all cells inside the other view).
     """
 
     def __init__(
         self,
         cfg: PatchConsistencyConfig | None = None,
-        teacher_temp: float = 0.07,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_steps: int = 1000,
+        tau_t: TeacherTemperature | None = None,
         max_anchors_per_image: int | None = None,
     ):
         super().__init__()
         self.core = PatchConsistencyLoss(cfg)
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
+        self.tau_t = tau_t or TeacherTemperature()
         self.max_anchors_per_image = max_anchors_per_image
         self.last_stats: dict[str, float] = {}
 
@@ -297,9 +294,7 @@ class PiPaLocalLoss(nn.Module):
 
     def forward(self, inp: LocalInputs) -> torch.Tensor:
         net, n = inp.model, len(inp.students)
-        tau_t = teacher_temperature(
-            inp.step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
-        )
+        tau_t = self.tau_t(inp.step)
         losses, stats = [], []
         for u in range(n):
             v = (u + 1) % n
@@ -331,9 +326,7 @@ def build_pipa_local(objective_cfg: Any) -> PiPaLocalLoss:
         pipa = PatchConsistencyConfig(**pipa)
     return PiPaLocalLoss(
         pipa or PatchConsistencyConfig(),
-        teacher_temp=objective_cfg.teacher_temp,
-        warmup_teacher_temp=objective_cfg.warmup_teacher_temp,
-        warmup_teacher_temp_steps=objective_cfg.warmup_teacher_temp_steps,
+        tau_t=TeacherTemperature.of(objective_cfg),
         max_anchors_per_image=getattr(objective_cfg, "local_max_patches", None),
     )
 
