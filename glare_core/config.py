@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import lookup
+from .errors import Registry
 from .heads import HeadConfig
 from .objective import ObjectiveConfig
 from .precision import PRECISIONS
@@ -309,6 +309,11 @@ def _check_numbers(cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- presets
+PRESETS: Registry[Callable[[], TrainConfig]] = Registry("preset")
+"""The named presets (name -> a function returning a fresh :class:`TrainConfig`), in this order."""
+
+
+@PRESETS.register("smoke")
 def _smoke() -> TrainConfig:
     """Seconds on a CPU: the random ``test_vit`` on synthetic textured scenes, tiny heads."""
     cfg = TrainConfig(
@@ -332,6 +337,7 @@ def _smoke() -> TrainConfig:
     return cfg
 
 
+@PRESETS.register("demo")
 def _demo() -> TrainConfig:
     """The README's ``make demo``: GLARE on CamVid from the offline base on the cached trunk, 2 CPU cores.
 
@@ -347,32 +353,7 @@ def _demo() -> TrainConfig:
     return cfg
 
 
-def _cpu_trunk() -> TrainConfig:
-    """The cached frozen trunk on 2 CPU cores (this project's CPU design, :mod:`glare_core.trunk`).
-
-    The ``cpu`` preset with blocks 0-7 frozen, adapter-free and cached (adapters in blocks 8-11), 224 px views
-    (16 x 16 cells; a step costs about a third of the full-depth one, ``results/trunk/README.md``), a sharp
-    teacher (temperature 0.02 from the first step: with 0.04-0.07 the global targets drift to the uniform
-    distribution on CamVid), 300 steps, and two choices for GLARE's own terms: corrupted cells filled with
-    the image's mean colour (blur left their last-block tokens at cosine 0.98 with the clean ones) and the
-    teacher's region embedding as the query of the regional correspondence (``region_query="teacher"``).
-    Chosen on the tuning split (``tune_train`` / ``tune_val``), never on val: ``results/tuning/README.md``,
-    "engine_pilot".
-    """
-    cfg = _cpu()
-    cfg.trunk_blocks = 8
-    cfg.load_size = 256
-    cfg.objective.views.global_size = 224
-    cfg.objective.teacher_temp = 0.02
-    cfg.objective.warmup_teacher_temp = 0.02
-    cfg.objective.patch_aug.kind = "mask_mean"
-    cfg.objective.region_query = "teacher"
-    cfg.steps = 300
-    cfg.telemetry_every = 50
-    cfg.preset = "cpu_trunk"
-    return cfg
-
-
+@PRESETS.register("cpu")
 def _cpu() -> TrainConfig:
     """A real run on 2 CPU cores: the offline DINOv2 ViT-S/14 base on CamVid train, about 15 minutes.
 
@@ -405,6 +386,34 @@ def _cpu() -> TrainConfig:
     return cfg
 
 
+@PRESETS.register("cpu_trunk")
+def _cpu_trunk() -> TrainConfig:
+    """The cached frozen trunk on 2 CPU cores (this project's CPU design, :mod:`glare_core.trunk`).
+
+    The ``cpu`` preset with blocks 0-7 frozen, adapter-free and cached (adapters in blocks 8-11), 224 px views
+    (16 x 16 cells; a step costs about a third of the full-depth one, ``results/trunk/README.md``), a sharp
+    teacher (temperature 0.02 from the first step: with 0.04-0.07 the global targets drift to the uniform
+    distribution on CamVid), 300 steps, and two choices for GLARE's own terms: corrupted cells filled with
+    the image's mean colour (blur left their last-block tokens at cosine 0.98 with the clean ones) and the
+    teacher's region embedding as the query of the regional correspondence (``region_query="teacher"``).
+    Chosen on the tuning split (``tune_train`` / ``tune_val``), never on val: ``results/tuning/README.md``,
+    "engine_pilot".
+    """
+    cfg = _cpu()
+    cfg.trunk_blocks = 8
+    cfg.load_size = 256
+    cfg.objective.views.global_size = 224
+    cfg.objective.teacher_temp = 0.02
+    cfg.objective.warmup_teacher_temp = 0.02
+    cfg.objective.patch_aug.kind = "mask_mean"
+    cfg.objective.region_query = "teacher"
+    cfg.steps = 300
+    cfg.telemetry_every = 50
+    cfg.preset = "cpu_trunk"
+    return cfg
+
+
+@PRESETS.register("colab_t4")
 def _colab_t4() -> TrainConfig:
     """A 16 GB Colab T4: DINO ViT-S/16 on CamVid at 224 px, batch 64, K = 16384 prototypes.
 
@@ -430,6 +439,7 @@ def _colab_t4() -> TrainConfig:
     return cfg
 
 
+@PRESETS.register("paper")
 def _paper() -> TrainConfig:
     """The full recipe of ``glare-method.md`` section 2, Design defaults everywhere.
 
@@ -443,19 +453,9 @@ def needs_mask_token(objective: ObjectiveConfig) -> bool:
     return bool(objective.use_local and objective.patch_aug.kind == "mask_token")
 
 
-PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    "smoke": _smoke,
-    "demo": _demo,
-    "cpu": _cpu,
-    "cpu_trunk": _cpu_trunk,
-    "colab_t4": _colab_t4,
-    "paper": _paper,
-}
-
-
 def preset(name: str) -> TrainConfig:
     """A fresh :class:`TrainConfig` of a named preset: smoke, demo, cpu, cpu_trunk, colab_t4 or paper."""
-    return lookup(PRESETS, name, "preset")()
+    return PRESETS.lookup(name)()
 
 
 # ---------------------------------------------------------------------------- --set key.sub=value

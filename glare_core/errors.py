@@ -9,7 +9,7 @@ traceback, and exits with :data:`EXIT_BAD_INPUT`. A run that diverges (NaN losse
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -45,8 +45,33 @@ class NonFiniteError(ArithmeticError):
     """Numbers became NaN or infinite (a loss, weights, gradients); nothing already saved was overwritten."""
 
 
-def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
-    """``registry[name]``, or a ``ValueError`` that names ``what`` was asked for and lists the choices."""
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
-    return registry[name]
+class Registry(dict[str, T]):
+    """Named entries (the presets, the study's tables), in the order they were registered.
+
+    ``@REGISTRY.register("name")`` above a function adds it; :meth:`lookup` finds one by name or raises a
+    ``ValueError`` that names what was asked for and lists the choices. Otherwise a plain ``dict``.
+
+    Args:
+        what: what an entry is, for messages (``"preset"``, ``"table"``).
+    """
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """A decorator that adds its function under ``name`` (a name registered twice is a bug)."""
+
+        def add(entry: T) -> T:
+            if name in self:
+                raise ValueError(f"{self.what} {name!r} is registered twice")
+            self[name] = entry
+            return entry
+
+        return add
+
+    def lookup(self, name: str) -> T:
+        """``self[name]``, or a ``ValueError`` listing the choices."""
+        if name not in self:
+            raise ValueError(f"unknown {self.what} {name!r}; choose one of {sorted(self)}")
+        return self[name]

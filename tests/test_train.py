@@ -27,8 +27,23 @@ def test_presets_validate_and_round_trip(tmp_path: Path):
         assert again == cfg, name
     assert preset("colab_t4").precision == "auto"  # fp16 on a T4 (no bf16), bf16 on an L4 or A100
     assert TrainConfig().precision == "auto"
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; choose one of .*'cpu'"):
         preset("huge")
+
+
+def test_registry_keeps_the_order_and_refuses_a_name_twice():
+    from glare_core.config import PRESETS
+    from glare_core.errors import Registry
+
+    assert list(PRESETS) == ["smoke", "demo", "cpu", "cpu_trunk", "colab_t4", "paper"]  # the book lists them
+    reg = Registry("widget")
+    reg.register("b")(len)
+    reg.register("a")(str)
+    assert list(reg) == ["b", "a"] and reg.lookup("a") is str
+    with pytest.raises(ValueError, match="widget 'a' is registered twice"):
+        reg.register("a")(repr)
+    with pytest.raises(ValueError, match=r"unknown widget 'c'; choose one of \['a', 'b'\]"):
+        reg.lookup("c")
 
 
 def test_design_defaults():

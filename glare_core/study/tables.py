@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import lookup
+from ..errors import Registry
 from ..paths import find_dataset_dir
 
 
@@ -244,6 +244,11 @@ IDD367 = DatasetSpec(
 )
 
 
+TABLES: Registry[Callable[[], Table]] = Registry("table")
+"""The tables by name (name -> a function returning its :class:`Table`), in this order."""
+
+
+@TABLES.register("main")
 def _main() -> Table:
     rows = (
         Row("base", "base (no continual pre-training)", pretrain=False),
@@ -269,6 +274,7 @@ def _main() -> Table:
     )
 
 
+@TABLES.register("ablations")
 def _ablations() -> Table:
     g, gl, gr = (
         ("objective.use_local=false", "objective.use_regional=false"),
@@ -311,6 +317,7 @@ def _ablations() -> Table:
     )
 
 
+@TABLES.register("efficiency")
 def _efficiency() -> Table:
     return Table("efficiency", "Training-step benchmark (glare_core.bench)", kind="bench")
 
@@ -342,6 +349,7 @@ NEIGHBOUR_SEG = {
 PIPA = ("pixel_contrast", "patch_consistency")
 
 
+@TABLES.register("neighbours")
 def _neighbours() -> Table:
     """PiPa's and SSR's ideas on GLARE's benchmark (``glare-method.md`` section 5).
 
@@ -409,6 +417,7 @@ def _main_variant(name: str, title: str, change: tuple[str, ...], what: str, not
     )
 
 
+@TABLES.register("scale")
 def _scale() -> Table:
     """The main table's two adapter rows pre-trained on views at the probe's scale (CamVid, 3 seeds).
 
@@ -430,6 +439,7 @@ def _scale() -> Table:
     )
 
 
+@TABLES.register("steps")
 def _steps() -> Table:
     """The main table's two adapter rows pre-trained four times longer (400 steps; CamVid, 3 seeds).
 
@@ -473,6 +483,7 @@ def _study(
     )
 
 
+@TABLES.register("study")
 def _study_primary() -> Table:
     """The study's primary arms on CamVid and IDD-Lite (367 train images), 6 seeds: base, DINO-only adapter,
     GLARE; k-NN forgetting in every cell, IDD-Lite adapters also probed on CamVid, the dose-response on
@@ -498,6 +509,7 @@ def _study_primary() -> Table:
     )
 
 
+@TABLES.register("study_secondary")
 def _study_secondary() -> Table:
     """The study's secondary arms on CamVid, 3 seeds (pairing with the primary table's cells by seed): GLARE
     without one of its terms, and DINO-only with LoRA or full fine-tuning of the trainable blocks."""
@@ -519,6 +531,7 @@ def _study_secondary() -> Table:
     )
 
 
+@TABLES.register("study_neighbours")
 def _study_neighbours() -> Table:
     """PiPa and SSR in the study (amendment 1 of the pre-registration): the neighbours table's six rows (a
     light decoder alone, + PiPa's losses, + SSR's branch; on the frozen base and on the GLARE-adapted
@@ -535,22 +548,9 @@ def _study_neighbours() -> Table:
     )
 
 
-TABLES: dict[str, Callable[[], Table]] = {
-    "main": _main,
-    "ablations": _ablations,
-    "efficiency": _efficiency,
-    "neighbours": _neighbours,
-    "scale": _scale,
-    "steps": _steps,
-    "study": _study_primary,
-    "study_secondary": _study_secondary,
-    "study_neighbours": _study_neighbours,
-}
-
-
 def get_table(name: str) -> Table:
     """A table by name (see :data:`TABLES`)."""
-    return lookup(TABLES, name, "table")()
+    return TABLES.lookup(name)()
 
 
 def table_kind(table: str) -> str:
