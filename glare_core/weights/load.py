@@ -33,18 +33,10 @@ import timm
 import torch
 
 from ..backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, Backbone, create_vit
+from . import registry
 from .formats import read_checkpoint, vit_for_state_dict
 from .prepare import base_status, load_hub, prepare_base
-from .registry import (
-    DEFAULT_BASE,
-    BaseSpec,
-    WeightsUnavailableError,
-    known_bases,
-    provenance_path,
-    say,
-    unknown_base,
-    weights_dir,
-)
+from .registry import DEFAULT_BASE, BaseSpec, WeightsUnavailableError
 
 
 # ================================================================================================= resolution
@@ -80,7 +72,7 @@ def resolve(name_or_path: str | os.PathLike) -> Resolved:
         if arch not in ARCHITECTURES and not timm.is_model(arch):
             raise ValueError(f"random:{arch}: unknown architecture; use one of {', '.join(ARCHITECTURES)}")
         return Resolved("random", text, arch=arch)
-    bases = known_bases()
+    bases = registry.known_bases()
     if text in bases:
         spec = bases[text]
         path = spec.cached_path()
@@ -95,7 +87,7 @@ def resolve(name_or_path: str | os.PathLike) -> Resolved:
         return Resolved("hub", text, arch=text)
     if "/" in text or "\\" in text or path.suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt"):
         raise FileNotFoundError(f"{path}: no such weights file (a path was expected to exist)")
-    raise unknown_base(text)
+    raise registry.unknown_base(text)
 
 
 def base_info(name_or_path: str) -> dict:
@@ -104,13 +96,13 @@ def base_info(name_or_path: str) -> dict:
     A named base: its :class:`~glare_core.weights.registry.BaseSpec`, status, cache file and, once prepared,
     its provenance JSON. A file or hub name: what it resolves to.
     """
-    bases = known_bases()
+    bases = registry.known_bases()
     if name_or_path not in bases:
         res = resolve(name_or_path)
         return {"name": name_or_path, "kind": res.kind, "path": str(res.path) if res.path else None}
     spec = bases[name_or_path]
     info = {"spec": asdict(spec), "status": base_status(name_or_path), "file": str(spec.cached_path())}
-    prov = provenance_path(name_or_path)
+    prov = registry.provenance_path(name_or_path)
     if prov.is_file():
         info["provenance"] = json.loads(prov.read_text())
     return info
@@ -169,7 +161,7 @@ def load_base_with_head(
         mu, sigma = tuple(cfg.get("mean", mu)), tuple(cfg.get("std", sigma))
     elif res.kind == "file":
         sd, head, layout = read_checkpoint(res.path, which=which)
-        say(
+        registry.say(
             verbose,
             f"{res.path}: {layout} layout, {len(sd)} backbone tensors, head: {'yes' if head else 'no'}",
         )
@@ -189,7 +181,8 @@ def load_base_with_head(
                         f"base {spec.name!r} is not prepared ({spec.cached_path()} missing); "
                         f"run `glare weights prepare {spec.name}`"
                     )
-                say(verbose, f"{spec.name} is not in {weights_dir()} yet: preparing it once")
+                where = registry.weights_dir()
+                registry.say(verbose, f"{spec.name} is not in {where} yet: preparing it once")
                 path = prepare_base(spec.name, verbose=verbose)
             sd, head, _ = read_checkpoint(path, which=which)
             vit = vit_for_state_dict(sd, arch=spec.arch, num_heads=num_heads, source=str(path))
