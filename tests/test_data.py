@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,11 @@ from glare_core.data import (
     DataError,
     MissingLabelsError,
     MissingSplitError,
+    SplitRequest,
     build_dataset,
     collate,
 )
-from glare_core.data.base import LabelMap, reduce_indices
+from glare_core.data.base import LabelMap, reduce_indices, tuning_indices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "camvid").is_dir(), reason="../shared/data is absent")
@@ -38,6 +40,14 @@ needs_shared = pytest.mark.skipif(not (SHARED / "camvid").is_dir(), reason="../s
 
 def raw_of(path: str) -> np.ndarray:
     return np.asarray(Image.open(path))
+
+
+def assert_same_items(ds, ref):
+    assert (ds.name, ds.split, ds.size, ds.has_labels) == (ref.name, ref.split, ref.size, ref.has_labels)
+    assert ds.image_paths == ref.image_paths and len(ds) >= 2
+    for i in range(len(ds)):
+        a, b = ds[i], ref[i]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in ("image", "label") if k in a)
 
 
 def check_item(ds, item, labelled=True):
@@ -175,6 +185,49 @@ def test_limit_keeps_pairs(tmp_path):
     assert ds.image_paths == build_dataset("camvid", "train", root=folder, limit=5, seed=1).image_paths
     for img, lab in zip(ds.image_paths, ds.label_paths):
         assert Path(img).stem == Path(lab).stem
+
+
+def test_limit_selects_reduce_indices_of_the_full_split(tmp_path):
+    folder = make_camvid(tmp_path, counts={"train": 23})
+    full = build_dataset("camvid", "train", root=folder)
+    for limit, seed in [(1, 0), (5, 1), (9, 7), (22, 3)]:
+        ds = build_dataset("camvid", "train", root=folder, limit=limit, seed=seed)
+        keep = reduce_indices(len(full), limit, seed)
+        assert ds.image_paths == [full.image_paths[i] for i in keep]
+        assert ds.label_paths == [full.label_paths[i] for i in keep]
+
+
+def test_tuning_splits_then_limit(tmp_path):
+    folder = make_camvid(tmp_path, counts={"train": 23})
+    full = build_dataset("camvid", "train", root=folder)
+    train_idx, val_idx = tuning_indices(len(full))
+    for split, part in (("tune_train", train_idx), ("tune_val", val_idx)):
+        whole = build_dataset("camvid", split, root=folder, seed=4)
+        assert whole.split == split and whole.image_paths == [full.image_paths[i] for i in part]
+        ds = build_dataset("camvid", split, root=folder, limit=3, seed=4)
+        assert ds.split == split
+        assert ds.image_paths == [whole.image_paths[i] for i in reduce_indices(len(part), 3, 4)]
+        assert ds.label_paths == [whole.label_paths[i] for i in reduce_indices(len(part), 3, 4)]
+
+
+@pytest.mark.parametrize(
+    "name,maker,fields,options",
+    [
+        ("camvid", make_camvid, {"split": "val", "size": (16, 20)}, {}),
+        ("loveda", make_loveda, {"labels": False, "strict": False}, {"domain": "urban"}),
+        ("synthetic", None, {"split": "val", "seed": 3, "size": (24, 32)}, {"num_images": 5}),
+    ],
+)
+def test_builder_called_with_a_request_is_build_dataset(tmp_path, name, maker, fields, options):
+    request = SplitRequest(root=maker(tmp_path) if maker else None, **fields)
+    ds = DATASETS[name](request, **options)
+    ref = build_dataset(name, **asdict(request), **options)
+    assert_same_items(ds, ref)
+
+
+def test_synthetic_request_without_size_is_112():
+    ds = DATASETS["synthetic"](SplitRequest(), num_images=2)
+    assert ds.size == (112, 112) and tuple(ds[0]["image"].shape) == (3, 112, 112)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -414,6 +467,13 @@ def test_hf_parquet_segmentation(tmp_path):
         build_dataset("hf", "train", data_files=str(path), classes=["a", "b"], cache_dir=cache)[0]
 
 
+def test_hf_builder_called_with_a_request(tmp_path):
+    path = _parquet(tmp_path, mask=True)
+    options = {"data_files": str(path), "classes": ["a", "b", "c"], "cache_dir": str(tmp_path / "hf_cache")}
+    request = SplitRequest(size=(8, 12))
+    assert_same_items(DATASETS["hf"](request, **options), build_dataset("hf", **asdict(request), **options))
+
+
 def test_hf_parquet_classification_and_offline_hub(tmp_path, monkeypatch):
     path = _parquet(tmp_path, mask=False)
     ds = build_dataset("hf", "train", data_files=[str(path)], cache_dir=str(tmp_path / "c"))
@@ -463,8 +523,6 @@ def test_real_idd_lite_counts_and_item():
 
 
 def test_tuning_split_is_fixed_disjoint_and_covers_train():
-    from glare_core.data.base import tuning_indices
-
     train, val = tuning_indices(367)
     assert (len(train), len(val)) == (300, 67)
     assert not set(train) & set(val) and sorted(train + val) == list(range(367))

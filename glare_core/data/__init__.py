@@ -18,15 +18,19 @@ name            what                                                            
 ==============  ===============================================================  ============================
 
 Folders are found under ``$GLARE_DATA_DIR``, then ``../shared/data``, then the user cache
-(``glare_core.paths.data_roots``), unless ``root=`` says where. Common keywords: ``size=(H, W)`` resizes every
-item (bilinear images, nearest labels); ``strict=False`` keeps unpaired files as ``dataset.problems`` instead
-of raising (``glare check-data`` uses it). Bad data raises :class:`DataError` (a ``ValueError``) naming the
-file and the fix. Batch same-size items with :func:`collate`.
+(``glare_core.paths.data_roots``), unless ``root=`` says where. Bad data raises :class:`DataError` (a
+``ValueError``) naming the file and the fix. Batch same-size items with :func:`collate`.
+
+Every builder in :data:`DATASETS` is called as ``builder(request, **options)``: a :class:`SplitRequest` holds
+what every dataset is asked for (``split``, ``root``, ``labels``, ``seed``, and the common keywords
+``size=(H, W)`` and ``strict``), ``options`` are the dataset's own. :func:`build_dataset` makes the request
+and applies the reduced split (``limit``) to what the builder returns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from . import ade20k, camvid, cityscapes, hf, idd_lite, loveda, synthetic
@@ -38,6 +42,7 @@ from .base import (
     MissingLabelsError,
     MissingSplitError,
     SegmentationDataset,
+    SplitRequest,
     collate,
     read_image,
     read_label,
@@ -46,7 +51,7 @@ from .base import (
 )
 from .files import FileSegmentationDataset
 
-#: name -> builder ``(split, root, labels, limit, seed, **kw) -> SegmentationDataset``.
+#: name -> builder ``(request: SplitRequest, **options) -> SegmentationDataset``.
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "camvid": camvid.build,
     "idd_lite": idd_lite.build,
@@ -73,15 +78,14 @@ def build_dataset(
 
     Args:
         name: one of :data:`DATASETS`.
-        split: ``"train"``, ``"val"`` or ``"test"`` (``"validation"`` works too), or the tuning split carved
-            from train (:func:`~glare_core.data.base.tuning_indices`): ``"tune_train"`` (CamVid: 300 frames)
-            and ``"tune_val"`` (the 67 held out), where settings are chosen so that val is scored only once.
-        root: the dataset folder; None searches ``glare_core.paths.data_roots()``.
-        labels: return label maps (``False``: images only, for continual pre-training or unlabelled splits).
+        split: a split of the dataset (:attr:`SplitRequest.split`), or the tuning split carved from train
+            (:func:`~glare_core.data.base.tuning_indices`): ``"tune_train"`` (CamVid: 300 frames) and
+            ``"tune_val"`` (the 67 held out), where settings are chosen so that val is scored only once.
+        root, labels, seed: as in :class:`SplitRequest`.
         limit: the reduced split: keep this many images, chosen with ``seed`` (None: all).
-        seed: seed of the reduced split (and of the synthetic scenes).
-        **kw: ``size=(H, W)``, ``strict``, and per-dataset options (``num_images`` for synthetic, ``domain``
-            for LoveDA, ``data_files`` / ``image_column`` / ``label_column`` / ``classes`` for hf).
+        **kw: ``size`` and ``strict`` (as in :class:`SplitRequest`), and the builder's own options
+            (``num_images`` for synthetic, ``domain`` for LoveDA, ``data_files`` / ``image_column`` /
+            ``label_column`` / ``classes`` for hf).
 
     Raises:
         DataError: unknown name, missing folder, empty split, labels a split does not have, ...
@@ -89,13 +93,16 @@ def build_dataset(
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}. Fix: use one of {sorted(DATASETS)}.")
+    size, strict = kw.pop("size", None), kw.pop("strict", True)
+    request = SplitRequest(split, root, labels, seed, size=size, strict=strict)
     if split in TUNING_SPLITS:
-        ds = DATASETS[key](split="train", root=root, labels=labels, limit=None, seed=seed, **kw)
+        ds = DATASETS[key](replace(request, split="train"), **kw)
         train_idx, val_idx = tuning_indices(len(ds))
         ds.select(train_idx if split == "tune_train" else val_idx)
         ds.split = split
-        return ds.select(reduce_indices(len(ds), limit, seed))
-    return DATASETS[key](split=split, root=root, labels=labels, limit=limit, seed=seed, **kw)
+    else:
+        ds = DATASETS[key](request, **kw)
+    return ds.select(reduce_indices(len(ds), limit, seed))
 
 
 __all__ = [
@@ -107,6 +114,7 @@ __all__ = [
     "MissingLabelsError",
     "MissingSplitError",
     "SegmentationDataset",
+    "SplitRequest",
     "TUNING_SPLITS",
     "build_dataset",
     "collate",

@@ -81,7 +81,7 @@ def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) 
     return SplitFiles(folder, images, label_paths, problems, str(image_dir), f"the folder is empty. {FIX}")
 
 
-#: One ADE20K split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.
+#: One ADE20K split (see the module docstring): ``build(request: SplitRequest)``.
 build = FileDataset(
     NAME,
     CLASSES,

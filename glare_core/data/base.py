@@ -15,14 +15,17 @@ obscurely: a missing folder, an empty split, a corrupt or truncated file, an ima
 label id outside the class set, or labels asked for where a split has none, all raise :class:`DataError`,
 whose message names the file and the fix.
 
-The reduced split (the paper's low-data setting, Design): ``limit=N, seed=s`` keeps N images chosen by a fixed
-permutation of the sorted file list. A smaller ``limit`` with the same seed is a subset of a larger one.
+Every builder is asked for a split through a :class:`SplitRequest`. The reduced split (the paper's low-data
+setting, Design): ``limit=N, seed=s`` keeps N images chosen by a fixed permutation of the sorted file list
+(:func:`reduce_indices`, applied by :func:`glare_core.data.build_dataset`). A smaller ``limit`` with the same
+seed is a subset of a larger one.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +253,30 @@ def reduce_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
     return sorted(int(i) for i in perm[:limit])
 
 
+@dataclass(frozen=True)
+class SplitRequest:
+    """What every builder is asked for: one split, where it is and how to read it.
+
+    Attributes:
+        split: ``"train"``, ``"val"`` or ``"test"`` (``"validation"`` works too; a Hugging Face set takes its
+            own split names).
+        root: the dataset folder; None searches ``glare_core.paths.data_roots()``.
+        labels: return label maps (``False``: images only, for continual pre-training or unlabelled splits).
+        seed: seed of the synthetic scenes, and of the reduced split ``build_dataset`` keeps.
+        size: (H, W) every item is resized to (bilinear images, nearest labels); None keeps the native size
+            (synthetic scenes: 112 x 112).
+        strict: raise on images without a label map; ``False`` keeps them as ``dataset.problems`` instead
+            (``glare check-data`` does this).
+    """
+
+    split: str = "train"
+    root: str | Path | None = None
+    labels: bool = True
+    seed: int = 0
+    size: tuple[int, int] | None = None
+    strict: bool = True
+
+
 class SegmentationDataset(Dataset):
     """Image (and label map) pairs of one split of one dataset.
 
@@ -355,17 +382,11 @@ def canonical_split(split: str, aliases: Mapping[str, str] | None = None) -> str
 
 
 def finish(
-    ds: SegmentationDataset,
-    limit: int | None,
-    seed: int,
-    where: str,
-    fix: str,
-    problems: Sequence[DataError] = (),
+    ds: SegmentationDataset, where: str, fix: str, problems: Sequence[DataError] = ()
 ) -> SegmentationDataset:
-    """Common tail of every loader: refuse an empty split, apply the reduced split, attach problems."""
+    """Common tail of every builder: refuse an empty split (naming ``where`` and ``fix``), attach problems."""
     if len(ds) == 0:
         raise DataError(f"{ds.name}/{ds.split}: no images found in {where}. Fix: {fix}", where)
-    ds.select(reduce_indices(len(ds), limit, seed))
     ds.problems = list(problems)
     return ds
 

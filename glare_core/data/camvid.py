@@ -75,5 +75,5 @@ def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) 
     return SplitFiles(folder, images, label_paths, problems, str(image_dir), f"the folder is empty; {FIX}")
 
 
-#: One CamVid split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.
+#: One CamVid split (see the module docstring): ``build(request: SplitRequest)``.
 build = FileDataset(NAME, CLASSES, PALETTE, LABEL_MAP, SPLITS, list_split)

@@ -24,6 +24,7 @@ from .base import (
     MissingLabelsError,
     MissingSplitError,
     SegmentationDataset,
+    SplitRequest,
     canonical_split,
     finish,
     read_image,
@@ -232,10 +233,10 @@ class FileDataset:
 
     A dataset module names its classes, palette, label map and splits, and writes ``list_split(split, root,
     labels, strict, **options) -> SplitFiles``: find the dataset folder (:func:`resolve_root`), list the
-    split's images, and pair them with label maps when asked (:func:`pair_labels`). Calling the builder does
-    what is the same for every such dataset, in this order: the split name made canonical and an unknown one
-    refused, ``list_split``, a :class:`FileSegmentationDataset`, then :func:`finish` (an empty split refused,
-    the reduced split applied).
+    split's images, and pair them with label maps when asked (:func:`pair_labels`). Calling the builder with a
+    :class:`~glare_core.data.base.SplitRequest` does what is the same for every such dataset, in this order:
+    the split name made canonical and an unknown one refused, ``list_split``, a
+    :class:`FileSegmentationDataset`, then :func:`finish` (an empty split refused, problems attached).
 
     Attributes:
         name, classes, palette, label_map: as in :class:`FileSegmentationDataset`.
@@ -252,27 +253,13 @@ class FileDataset:
     list_split: Callable[..., SplitFiles]
     split_fix: str = ""
 
-    def __call__(
-        self,
-        split: str = "train",
-        root: str | Path | None = None,
-        labels: bool = True,
-        limit: int | None = None,
-        seed: int = 0,
-        size: tuple[int, int] | None = None,
-        strict: bool = True,
-        **options: Any,
-    ) -> SegmentationDataset:
-        """One split of the dataset.
-
-        Arguments as in :func:`glare_core.data.build_dataset`; ``options`` (e.g. LoveDA's ``domain``) are
-        passed to ``list_split``.
-        """
-        split = canonical_split(split)
+    def __call__(self, request: SplitRequest, **options: Any) -> SegmentationDataset:
+        """One split of the dataset; ``options`` (e.g. LoveDA's ``domain``) are passed to ``list_split``."""
+        split = canonical_split(request.split)
         if split not in self.splits:
             fix = self.split_fix or f"use one of {tuple(self.splits)}."
             raise DataError(f"{self.name}: unknown split {split!r}. Fix: {fix}")
-        files = self.list_split(split, root, labels, strict, **options)
+        files = self.list_split(split, request.root, request.labels, request.strict, **options)
         ds = FileSegmentationDataset(
             self.name,
             split,
@@ -282,6 +269,6 @@ class FileDataset:
             files.labels,
             self.label_map,
             files.folder,
-            size,
+            request.size,
         )
-        return finish(ds, limit, seed, files.where, files.empty_fix, files.problems)
+        return finish(ds, files.where, files.empty_fix, files.problems)

@@ -37,6 +37,7 @@ from .base import (
     LabelMap,
     MissingLabelsError,
     SegmentationDataset,
+    SplitRequest,
     finish,
     image_tensor,
 )
@@ -216,13 +217,7 @@ class HFSegmentationDataset(SegmentationDataset):
 
 
 def build(
-    split: str = "train",
-    root: str | Path | None = None,
-    labels: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    strict: bool = True,
+    request: SplitRequest,
     *,
     data_files: Any = None,
     hub_id: str | None = None,
@@ -239,8 +234,9 @@ def build(
     """A Hugging Face dataset split as a :class:`SegmentationDataset` (see the module docstring).
 
     Args:
+        request: the split (``request.root``: a folder with ``<split>-*.parquet`` files, HF's layout, or
+            ``<split>/`` image folders; ``request.strict`` is not used).
         data_files: parquet or image files (a path, glob, list, or ``{split: files}``).
-        root: a folder with ``<split>-*.parquet`` files (HF's layout) or ``<split>/`` image folders.
         hub_id: a hub repository (needs network; refused with ``HF_HUB_OFFLINE=1``).
         image_column, label_column: column names (``label_column=None`` for images only).
         classes: class names (required for masks; default from a ``ClassLabel``).
@@ -248,11 +244,10 @@ def build(
         label_map, reduce_zero_label, ignore_ids: how mask ids become train ids (see module docstring).
         name: the dataset's ``name`` (default ``"hf"``).
         cache_dir: ``datasets`` cache folder (default: the Hugging Face cache).
-        Other arguments as in :func:`glare_core.data.build_dataset`.
     """
     import datasets
 
-    hf, source = _load(split, root, data_files, hub_id, cache_dir)
+    hf, source = _load(request.split, request.root, data_files, hub_id, cache_dir)
     if image_column not in hf.column_names:
         raise DataError(
             f"hf ({source}): no column {image_column!r}; columns are {hf.column_names}. Fix: pass "
@@ -287,7 +282,7 @@ def build(
                 f"hf ({source}): column {label_column!r} is {feature}, neither a mask (Image) nor a class "
                 "label. Fix: pass label_column= the right column, or label_column=None."
             )
-    elif labels and label_column is not None:
+    elif request.labels and label_column is not None:
         raise MissingLabelsError(
             f"hf ({source}): labels asked for, but there is no column {label_column!r} (columns: "
             f"{hf.column_names}). Fix: pass label_column=, or labels=False for images only."
@@ -297,7 +292,7 @@ def build(
     ds = HFSegmentationDataset(
         hf,
         name or NAME,
-        split,
+        request.split,
         source,
         image_column,
         label_column,
@@ -305,7 +300,7 @@ def build(
         palette,
         task,
         lmap,
-        labels,
-        size,
+        request.labels,
+        request.size,
     )
-    return finish(ds, limit, seed, source, "the split has no rows; check the files or the split name")
+    return finish(ds, source, "the split has no rows; check the files or the split name")

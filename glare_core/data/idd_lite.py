@@ -54,5 +54,5 @@ def list_split(split: str, root: str | Path | None, labels: bool, strict: bool) 
     )
 
 
-#: One IDD-Lite split (see the module docstring); arguments as in :func:`glare_core.data.build_dataset`.
+#: One IDD-Lite split (see the module docstring): ``build(request: SplitRequest)``.
 build = FileDataset(NAME, CLASSES, PALETTE, LABEL_MAP, SPLITS, list_split)

@@ -79,6 +79,5 @@ def list_split(
     return SplitFiles(folder, images, label_paths, problems, where, f"images_png/ is empty. {FIX}")
 
 
-#: One LoveDA split (see the module docstring): ``build(split, ..., domain="both")``, other arguments as in
-#: :func:`glare_core.data.build_dataset`.
+#: One LoveDA split (see the module docstring): ``build(request: SplitRequest, domain="both")``.
 build = FileDataset(NAME, CLASSES, PALETTE, LABEL_MAP, SPLITS, list_split)

@@ -14,12 +14,11 @@ always the same image, whatever ``limit`` or the order of access.
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .base import DataError, SegmentationDataset, finish
+from .base import DataError, SegmentationDataset, SplitRequest, finish
 
 NAME = "synthetic"
 CLASSES = ("background", "disc", "box", "triangle", "ring")
@@ -119,24 +118,15 @@ class SyntheticDataset(SegmentationDataset):
         return super().select(indices)
 
 
-def build(
-    split: str = "train",
-    root: str | Path | None = None,
-    labels: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = (112, 112),
-    num_images: int = 16,
-    strict: bool = True,
-) -> SegmentationDataset:
-    """``num_images`` synthetic scenes of ``size`` (H, W) (default 112 x 112, a multiple of patch 14 and 16).
+def build(request: SplitRequest, *, num_images: int = 16) -> SegmentationDataset:
+    """``num_images`` scenes of ``request.size`` (H, W), default 112 x 112 (a multiple of patch 14 and 16).
 
-    ``root`` and ``strict`` are accepted for a uniform signature and ignored.
+    ``request.seed`` chooses the scenes; ``request.root`` and ``request.strict`` are not used.
     """
     if num_images < 1:
         raise DataError(f"synthetic: num_images must be >= 1, got {num_images}")
-    size = tuple(size) if size is not None else (112, 112)
+    size = tuple(request.size) if request.size is not None else (112, 112)
     if len(size) != 2 or min(size) < 8:
         raise DataError(f"synthetic: size must be (H, W) with both >= 8, got {size}")
-    ds = SyntheticDataset(split, num_images, size, seed, labels)
-    return finish(ds, limit, seed, "synthetic", "use num_images >= 1")
+    ds = SyntheticDataset(request.split, num_images, size, request.seed, request.labels)
+    return finish(ds, "synthetic", "use num_images >= 1")
