@@ -415,27 +415,20 @@ def _cpu_trunk() -> TrainConfig:
 
 @PRESETS.register("colab_t4")
 def _colab_t4() -> TrainConfig:
-    """A 16 GB Colab T4: DINO ViT-S/16 on CamVid at 224 px, batch 64, K = 16384 prototypes.
+    """A 16 GB Colab T4: the ``paper`` recipe (DINO ViT-S/16 on CamVid at 224 px, batch 64, 100 epochs) with
+    K = 16384 prototypes instead of 65536, 50 head warm-up steps, two loader workers and a checkpoint every
+    100 steps.
 
-    ``auto`` precision: fp16 autocast with a GradScaler on a T4, which has no bf16. 100 epochs of CamVid's
-    367 training images = 500 steps. Not measured here (no GPU); if it runs out of memory the error names
-    this fix: ``--set batch_size=32``.
+    ``auto`` precision: fp16 autocast with a GradScaler on a T4, which has no bf16 (bf16 on an L4 or A100).
+    100 epochs of CamVid's 367 training images = 500 steps. Not measured here (no GPU); if it runs out of
+    memory the error names this fix: ``--set batch_size=32``.
     """
-    cfg = TrainConfig(
-        base="dino_vits16",
-        dataset="camvid",
-        load_size=256,
-        batch_size=64,
-        epochs=100,
-        precision="auto",  # fp16 with a GradScaler on a T4 (no bf16), bf16 on an L4 or A100
-        heads=HeadConfig(out_dim=16384),
-        head_warmup_steps=50,
-        num_workers=2,
-        log_every=10,
-        checkpoint_every=100,
-        preset="colab_t4",
-    )
-    cfg.objective.views.global_size = 224
+    cfg = _paper()
+    cfg.heads.out_dim = 16384
+    cfg.head_warmup_steps = 50
+    cfg.num_workers = 2
+    cfg.checkpoint_every = 100
+    cfg.preset = "colab_t4"
     return cfg
 
 
