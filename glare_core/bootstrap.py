@@ -258,7 +258,7 @@ def pick_base(colab: bool, progress: bool = True) -> tuple[str, str, str | None]
             base_status(DEFAULT_BASE), "missing"
         )
         return DEFAULT_BASE, f"{DEFAULT_BASE} (the offline base, {status}; $GLARE_BASE overrides)", None
-    from .data.base import DataError
+    from .errors import DataError
 
     try:
         return OFFICIAL_BASE, fetch_official_dino(progress), None

@@ -1,14 +1,16 @@
 """Errors a user can fix, and the exit codes of the ``glare`` command.
 
 A command that meets bad input (a missing or corrupt file, a wrong option, a run folder that is in the way)
-raises :class:`InputError` (or a ``ValueError`` / ``OSError``, which the command line treats the same way)
-with a message that names the file and the fix. :func:`glare_core.cli.main` prints that message, without a
-traceback, and exits with :data:`EXIT_BAD_INPUT`. A run that diverges (NaN losses or weights) exits with
-:data:`EXIT_DIVERGED`. Any other exception is a bug: Python prints its traceback and exits with 1.
+raises :class:`InputError` (:class:`DataError` for a dataset), or a ``ValueError`` / ``OSError``, which the
+command line treats the same way, with a message that names the file and the fix. :func:`glare_core.cli.main`
+prints that message, without a traceback, and exits with :data:`EXIT_BAD_INPUT`. A run that diverges (NaN
+losses or weights) exits with :data:`EXIT_DIVERGED`. Any other exception is a bug: Python prints its traceback
+and exits with 1.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -39,6 +41,26 @@ class RunFolderError(InputError):
 class ProvenanceError(InputError):
     """A confirmatory result would not identify its code: uncommitted changes, or no committed
     pre-registration."""
+
+
+class DataError(InputError):
+    """Bad or missing data. The message names the file (or folder) and says how to fix it.
+
+    Attributes:
+        path: the offending file or folder, when there is one.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = str(path) if path is not None else None
+
+
+class MissingSplitError(DataError):
+    """The folder of a requested split does not exist (``glare check-data`` skips it unless asked)."""
+
+
+class MissingLabelsError(DataError):
+    """Labels were asked for, but the split has none (e.g. CamVid test offline, every official test split)."""
 
 
 class NonFiniteError(ArithmeticError):

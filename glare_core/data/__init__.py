@@ -33,14 +33,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import DataError, MissingLabelsError, MissingSplitError
 from . import ade20k, camvid, cityscapes, hf, idd_lite, loveda, synthetic
 from .base import (
     IGNORE_INDEX,
     TUNING_SPLITS,
-    DataError,
     LabelMap,
-    MissingLabelsError,
-    MissingSplitError,
     SegmentationDataset,
     SplitRequest,
     collate,

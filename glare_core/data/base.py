@@ -34,33 +34,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from glare_core.errors import InputError
+from ..errors import DataError
 
 #: The one ignore index of the project (``glare_core.metrics.IGNORE_INDEX`` is the same number).
 IGNORE_INDEX = 255
 
 #: Image suffixes the loaders accept (CamVid frames are ``.png`` in the public copy, ``.jpg`` offline).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class DataError(InputError):
-    """Bad or missing data. The message names the file (or folder) and says how to fix it.
-
-    Attributes:
-        path: the offending file or folder, when there is one.
-    """
-
-    def __init__(self, message: str, path: str | Path | None = None):
-        super().__init__(message)
-        self.path = str(path) if path is not None else None
-
-
-class MissingSplitError(DataError):
-    """The folder of a requested split does not exist (``glare check-data`` skips it unless asked)."""
-
-
-class MissingLabelsError(DataError):
-    """Labels were asked for, but the split has none (e.g. CamVid test offline, every official test split)."""
 
 
 class LabelMap:

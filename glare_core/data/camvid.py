@@ -9,7 +9,7 @@ offline)::
 Label ids (the SegNet convention): 0 Sky, 1 Building, 2 Pole, 3 Road, 4 Pavement, 5 Tree, 6 SignSymbol,
 7 Fence, 8 Car, 9 Pedestrian, 10 Bicyclist; **11 = void, mapped to 255** (ignore). Known: classes and palette
 are the tutorial's. The offline copy has no ``testannot/`` (test labels are kept for independent evaluation):
-asking for test labels there raises :class:`~glare_core.data.base.DataError`; use ``labels=False`` or tune on
+asking for test labels there raises :class:`~glare_core.errors.DataError`; use ``labels=False`` or tune on
 ``val``. Colab: :func:`glare_core.data.download.download_camvid` fetches the public copy.
 """
 

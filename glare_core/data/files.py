@@ -17,12 +17,10 @@ from typing import Any
 
 import torch
 
+from ..errors import DataError, MissingLabelsError, MissingSplitError
 from .base import (
     IMAGE_SUFFIXES,
-    DataError,
     LabelMap,
-    MissingLabelsError,
-    MissingSplitError,
     SegmentationDataset,
     SplitRequest,
     canonical_split,
@@ -33,36 +31,28 @@ from .base import (
 
 
 class FileSegmentationDataset(SegmentationDataset):
-    """A dataset stored as image files with (optional) label-map files beside them.
+    """One split of a dataset stored as image files with (optional) label-map files beside them.
 
     Args:
-        image_paths: image files, one per item.
-        label_paths: label-map files in the same order, or None for an unlabelled split.
-        label_map: raw ids -> train ids.
-        root: the dataset folder (for messages).
-        Other arguments as in :class:`SegmentationDataset`.
+        dataset: the dataset's :class:`FileDataset` (its name, classes, palette and label map).
+        split: the split's name.
+        files: the split's :class:`SplitFiles` (the images, their label maps in the same order or None for an
+            unlabelled split, and the dataset folder, kept as ``root`` for messages).
+        size: (H, W) every item is resized to, or None for the native size.
     """
 
     def __init__(
-        self,
-        name: str,
-        split: str,
-        classes: Sequence[str],
-        palette: Sequence[tuple[int, int, int]],
-        image_paths: Sequence[str | Path],
-        label_paths: Sequence[str | Path] | None,
-        label_map: LabelMap,
-        root: str | Path | None = None,
-        size: tuple[int, int] | None = None,
+        self, dataset: FileDataset, split: str, files: SplitFiles, size: tuple[int, int] | None = None
     ):
+        images, labels = [str(p) for p in files.images], files.labels
         super().__init__(
-            name, split, classes, palette, [str(p) for p in image_paths], label_paths is not None, size=size
+            dataset.name, split, dataset.classes, dataset.palette, images, labels is not None, size=size
         )
-        self.label_paths = [str(p) for p in label_paths] if label_paths is not None else None
+        self.label_paths = [str(p) for p in labels] if labels is not None else None
         if self.label_paths is not None and len(self.label_paths) != len(self.image_paths):
             raise ValueError("image_paths and label_paths differ in length")
-        self.label_map = label_map
-        self.root = Path(root) if root is not None else None
+        self.label_map = dataset.label_map
+        self.root = Path(files.folder)
 
     def load_image(self, index: int) -> torch.Tensor:
         return read_image(self.image_paths[index], self.size)
@@ -239,7 +229,10 @@ class FileDataset:
     :class:`FileSegmentationDataset`, then :func:`finish` (an empty split refused, problems attached).
 
     Attributes:
-        name, classes, palette, label_map: as in :class:`FileSegmentationDataset`.
+        name: the dataset's name (``"camvid"`` ...); numbers computed on it carry this name.
+        classes: class names, index = train id.
+        palette: one RGB tuple per class, for plots.
+        label_map: raw label ids -> train ids (:class:`~glare_core.data.base.LabelMap`).
         splits: the split names the dataset has.
         list_split: the dataset's file listing (above).
         split_fix: the fix an unknown split's error gives (default: the list of ``splits``).
@@ -260,15 +253,5 @@ class FileDataset:
             fix = self.split_fix or f"use one of {tuple(self.splits)}."
             raise DataError(f"{self.name}: unknown split {split!r}. Fix: {fix}")
         files = self.list_split(split, request.root, request.labels, request.strict, **options)
-        ds = FileSegmentationDataset(
-            self.name,
-            split,
-            self.classes,
-            self.palette,
-            files.images,
-            files.labels,
-            self.label_map,
-            files.folder,
-            request.size,
-        )
+        ds = FileSegmentationDataset(self, split, files, request.size)
         return finish(ds, files.where, files.empty_fix, files.problems)

@@ -30,17 +30,9 @@ from PIL import Image
 
 from glare_core.paths import hub_offline
 
+from ..errors import DataError, MissingLabelsError
 from .ade20k import voc_colormap
-from .base import (
-    IGNORE_INDEX,
-    DataError,
-    LabelMap,
-    MissingLabelsError,
-    SegmentationDataset,
-    SplitRequest,
-    finish,
-    image_tensor,
-)
+from .base import IGNORE_INDEX, LabelMap, SegmentationDataset, SplitRequest, finish, image_tensor
 
 NAME = "hf"
 

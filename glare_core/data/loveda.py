@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DataError, LabelMap
+from ..errors import DataError
+from .base import LabelMap
 from .files import FileDataset, SplitFiles, list_images, pair_labels, resolve_root
 
 NAME = "loveda"

@@ -18,7 +18,8 @@ import zlib
 import numpy as np
 import torch
 
-from .base import DataError, SegmentationDataset, SplitRequest, finish
+from ..errors import DataError
+from .base import SegmentationDataset, SplitRequest, finish
 
 NAME = "synthetic"
 CLASSES = ("background", "disc", "box", "triangle", "ring")
