@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from .paths import smoke_mode
 from .precision import resolve_precision
 from .probe import build_head, evaluate_head, train_probe
 from .provenance import code_state
+from .system import run_machine
 from .weights import load_base
 
 #: How the validation split is predicted (``ProbeConfig.inference``).
@@ -396,16 +396,9 @@ def _dataset_info(ds: Dataset) -> dict:
 
 
 def _machine(backbone: Backbone, precision: str) -> dict:
-    """Where the evaluation ran: device, the precision used, torch, threads, CPU count, platform."""
+    """Where the evaluation ran (:func:`~glare_core.system.run_machine`), with the precision used."""
     device = next(backbone.parameters()).device
-    return {
-        "device": str(device),
-        "precision": resolve_precision(precision, device).name,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
+    return run_machine(device, precision=resolve_precision(precision, device).name)
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:

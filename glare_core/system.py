@@ -48,6 +48,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_machine(device: torch.device, **precision: str) -> dict[str, Any]:
+    """Where a run ran, as its result records it: the device, its precision (the caller's key and value,
+    e.g. ``train_precision="bf16"``), torch, threads, CPU count and platform."""
+    return {
+        "device": str(device),
+        **precision,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
 def system_report(refresh: bool = False) -> dict[str, Any]:
     """:func:`machine_info` plus the precision ``auto`` picks and why, the data roots and the caches.
 

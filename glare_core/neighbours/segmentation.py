@@ -49,8 +49,6 @@ backbone); extraction of the frozen features is done once and cached. The result
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,11 +61,12 @@ from tqdm.auto import tqdm
 
 from ..backbone import Backbone
 from ..evaluation import Protocol, label_space
-from ..features import backbone_fingerprint, extract_features, probe_size
+from ..features import FeatureSet, backbone_fingerprint, extract_features, probe_size
 from ..metrics import segmentation_scores
-from ..precision import autocast, resolve_precision
+from ..precision import Precision, autocast, resolve_precision
 from ..probe import DecoderProbe, evaluate_head, subsample_labels
 from ..schedules import cosine_lr
+from ..system import run_machine
 from .pipa.patch_consistency import (
     PatchConsistencyConfig,
     PatchConsistencyLoss,
@@ -131,6 +130,7 @@ class SegmentationModel(nn.Module):
         ssr_heads: SSR's attention heads.
 
     Attributes:
+        terms: the extra terms, in the order given.
         decoder: the :class:`~glare_core.probe.DecoderProbe`, the only module :meth:`forward` (inference)
             uses.
         proj_pixel, proj_patch: (B, hidden, h, w) -> (B, d, h, w) 1x1 convolutions, or None.
@@ -149,6 +149,7 @@ class SegmentationModel(nn.Module):
         ssr_heads: int = 8,
     ):
         super().__init__()
+        self.terms = tuple(terms)
         self.decoder = DecoderProbe(in_dim, num_classes, hidden)
         self.proj_pixel = nn.Conv2d(hidden, pixel_dim, 1) if "pixel_contrast" in terms else None
         self.proj_patch = nn.Conv2d(hidden, patch_dim, 1) if "patch_consistency" in terms else None
@@ -170,6 +171,12 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: the decoder alone, (B, C, h, w) -> (B, K, h, w)."""
         return self.decoder(x)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``inference``: the decoder's parameters; ``training_only``: the extra terms' modules'."""
+        inference = sum(p.numel() for p in self.decoder.parameters())
+        everything = sum(p.numel() for p in self.parameters())
+        return {"inference": inference, "training_only": everything - inference}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -244,6 +251,151 @@ def _curve(values: list[float], points: int = 20) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------- training
+class DecoderLoss:
+    """One step's loss: the cross-entropy of the decoder plus the chosen PiPa / SSR terms, weighted.
+
+    Args:
+        model: the decoder and the terms' training-only modules.
+        cfg: the protocol (the terms' weights and settings).
+        ignore_index: the label of unlabelled pixels.
+        out_size: (H_y, W_y), the label resolution the logits are upsampled to for the cross-entropy.
+    """
+
+    def __init__(self, model: SegmentationModel, cfg: SegTrainConfig, ignore_index: int, out_size: tuple):
+        device = next(model.parameters()).device
+        self.model, self.cfg, self.ignore_index, self.out_size = model, cfg, ignore_index, out_size
+        self.pixel = PixelContrastLoss(cfg.pixel_contrast, ignore_index).to(device)
+        self.patch = PatchConsistencyLoss(cfg.patch_consistency).to(device)
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) logits, (B, H_y, W_y) labels -> scalar, in float32 at the label resolution."""
+        with torch.autocast(logits.device.type, enabled=False):
+            up = F.interpolate(logits.float(), size=self.out_size, mode="bilinear", align_corners=False)
+            return F.cross_entropy(up, y, ignore_index=self.ignore_index)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, frozen: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Features x (B, C, h, w), labels y (B, H_y, W_y), SSR's frozen maps (B, C_f, h, w) or None.
+
+        Returns:
+            the weighted sum (scalar) and the value of each term (``"ce"`` and the terms used).
+        """
+        model, cfg = self.model, self.cfg
+        feats = model.stem(x)
+        emb = model.body(feats)
+        logits = model.classify(emb)
+        loss_ce = self.ce(logits, y)
+        loss, logs = loss_ce, {"ce": float(loss_ce.detach())}
+        if model.proj_pixel is not None:
+            l_pix = self.pixel(model.proj_pixel(emb), logits.float(), y, generator)
+            loss = loss + cfg.pixel_contrast.weight * l_pix
+            logs["pixel_contrast"] = float(l_pix.detach())
+        if model.ssr is not None:
+            with frozen_bn_stats(model):
+                l_ssr = self.ce(model.classify(model.body(model.ssr(feats, frozen))), y)
+            loss = loss + cfg.ssr.weight * l_ssr
+            logs["ssr"] = float(l_ssr.detach())
+        if model.proj_patch is not None:
+            with frozen_bn_stats(model):
+                l_patch = _patch_term(model, x, self.patch, cfg.patch_consistency, generator)
+            loss = loss + cfg.patch_consistency.weight * l_patch
+            logs["patch_consistency"] = float(l_patch.detach())
+            logs["patch_confident_fraction"] = self.patch.last_stats["confident_fraction"]
+        return loss, logs
+
+
+def _batch(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    frozen: torch.Tensor | None,
+    step: int,
+    cfg: SegTrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator]:
+    """A step's batch, flipped per image, on the device, and the generator of the step's other random draws.
+
+    Args:
+        features: (N, C, h, w) cached features; labels: (N, H_y, W_y); frozen: (N, C_f, h, w) or None.
+
+    Returns:
+        x (B, C, h, w) float32, y (B, H_y, W_y) int64, the frozen maps (B, C_f, h, w) or None, and the
+        generator seeded by (seed, step) that drew the flips.
+    """
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    idx = _batch_indices(len(features), min(cfg.batch_size, len(features)), step, cfg.seed)
+    x = features[idx].float()
+    y = labels[idx].long()
+    fz = frozen[idx].float() if frozen is not None else None
+    if cfg.flip:
+        f = torch.rand(len(idx), generator=g) < 0.5
+        x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
+        if fz is not None:
+            fz[f] = fz[f].flip(-1)
+    return x.to(device), y.to(device), fz.to(device) if fz is not None else None, g
+
+
+def _ssr_frozen_maps(
+    ssr_encoder: Backbone | Callable[[torch.Tensor], torch.Tensor] | None,
+    train: FeatureSet,
+    train_ds: Dataset,
+    cfg: SegTrainConfig,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """SSR's frozen maps of the training images, (N, C_f, h, w) on the decoder's grid (see
+    :func:`train_segmentation`'s ``ssr_encoder``); ``train``: the evaluated backbone's cached features."""
+    if ssr_encoder is None:
+        return train.features
+    if isinstance(ssr_encoder, Backbone):
+        common = cfg.extraction(probe_size(cfg.size, ssr_encoder.patch_size))
+        return extract_features(ssr_encoder, train_ds, **{**common, "layers": "last"}, labels=None).features
+    grid = tuple(train.features.shape[-2:])
+    return frozen_maps(ssr_encoder, train_ds, size, grid, cfg.feature_batch_size)
+
+
+def fit_decoder(
+    objective: DecoderLoss,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    frozen: torch.Tensor | None,
+    precision: Precision,
+    progress: bool = False,
+) -> dict[str, list[float]]:
+    """Train ``objective.model`` for ``cfg.steps`` AdamW steps (warm-up, then cosine) on the cached features.
+
+    Args:
+        objective: the step's loss, with the model and the protocol (``objective.cfg``).
+        features: (N, C, h, w) cached features; labels: (N, H_y, W_y); frozen: SSR's maps (N, C_f, h, w) or
+            None.
+        precision: the autocast precision of the forward passes.
+
+    Returns:
+        {term: its value at every step}: ``"loss"``, ``"ce"``, each term used, and PiPa's
+        ``"patch_confident_fraction"`` (the share of overlap positions above the confidence threshold).
+    """
+    model, cfg = objective.model, objective.cfg
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = min(cfg.warmup_steps, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, warmup))
+    history: dict[str, list[float]] = {k: [] for k in ("loss", "ce", *model.terms)}
+    if "patch_consistency" in model.terms:
+        history["patch_confident_fraction"] = []
+    model.train()
+    for step in tqdm(range(cfg.steps), disable=not progress, desc="decoder"):
+        x, y, fz, g = _batch(features, labels, frozen, step, cfg, device)
+        with autocast(device, precision):
+            loss, logs = objective(x, y, fz, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        logs["loss"] = float(loss.detach())
+        for k, v in logs.items():
+            history[k].append(v)
+    return history
+
+
 def train_segmentation(
     backbone: Backbone,
     train_ds: Dataset,
@@ -280,7 +432,6 @@ def train_segmentation(
     num_classes, classes, ignore_index = label_space(train_ds, val_ds)
     size = probe_size(cfg.size, backbone.patch_size)
     common = cfg.extraction(size)
-    progress = common["progress"]
 
     # 1. frozen features (cached), and SSR's frozen maps
     start = time.perf_counter()
@@ -288,20 +439,9 @@ def train_segmentation(
     train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
     val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
     backbone.train(was_training)
-    grid = tuple(train.features.shape[-2:])
-    frozen, t_frozen = None, 0.0
-    if "ssr" in terms:
-        t0 = time.perf_counter()
-        if ssr_encoder is None:
-            frozen = train.features
-        elif isinstance(ssr_encoder, Backbone):
-            fsize = probe_size(cfg.size, ssr_encoder.patch_size)
-            frozen = extract_features(
-                ssr_encoder, train_ds, **{**common, "size": fsize, "layers": "last"}, labels=None
-            ).features
-        else:
-            frozen = frozen_maps(ssr_encoder, train_ds, size, grid, cfg.feature_batch_size)
-        t_frozen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frozen = _ssr_frozen_maps(ssr_encoder, train, train_ds, cfg, size) if "ssr" in terms else None
+    t_frozen = time.perf_counter() - t0 if "ssr" in terms else 0.0
 
     # 2. the model: decoder + training-only modules, all seeded, on the backbone's device
     device = next(backbone.parameters()).device
@@ -316,69 +456,13 @@ def train_segmentation(
         frozen_dim=frozen.shape[1] if frozen is not None else None,
         ssr_heads=cfg.ssr.num_heads,
     ).to(device)
-    pixel_loss = PixelContrastLoss(cfg.pixel_contrast, ignore_index).to(device)
-    patch_loss = PatchConsistencyLoss(cfg.patch_consistency).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = min(cfg.warmup_steps, cfg.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, warmup))
     labels = subsample_labels(train.labels, cfg.label_scale)
-    out_size = tuple(labels.shape[-2:])
-    n, batch = train.features.shape[0], min(cfg.batch_size, train.features.shape[0])
+    objective = DecoderLoss(model, cfg, ignore_index, tuple(labels.shape[-2:]))
     train_precision = resolve_precision(cfg.train_precision, device)
 
     # 3. the training loop
-    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, enabled=False):
-            up = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
-            return F.cross_entropy(up, y, ignore_index=ignore_index)
-
-    history: dict[str, list[float]] = {k: [] for k in ("loss", "ce", *terms)}
-    if "patch_consistency" in terms:
-        history["patch_confident_fraction"] = []  # share of overlap positions above the threshold
-    model.train()
     t_train = time.perf_counter()
-    for step in tqdm(range(cfg.steps), disable=not progress, desc="decoder"):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = _batch_indices(n, batch, step, cfg.seed)
-        x = train.features[idx].float()
-        y = labels[idx].long()
-        fz = frozen[idx].float() if frozen is not None else None
-        if cfg.flip:
-            f = torch.rand(len(idx), generator=g) < 0.5
-            x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
-            if fz is not None:
-                fz[f] = fz[f].flip(-1)
-        x, y = x.to(device), y.to(device)
-        fz = fz.to(device) if fz is not None else None
-
-        with autocast(device, train_precision):
-            feats = model.stem(x)
-            emb = model.body(feats)
-            logits = model.classify(emb)
-            loss_ce = ce(logits, y)
-            loss, logs = loss_ce, {"ce": float(loss_ce.detach())}
-            if model.proj_pixel is not None:
-                l_pix = pixel_loss(model.proj_pixel(emb), logits.float(), y, g)
-                loss = loss + cfg.pixel_contrast.weight * l_pix
-                logs["pixel_contrast"] = float(l_pix.detach())
-            if model.ssr is not None:
-                with frozen_bn_stats(model):
-                    l_ssr = ce(model.classify(model.body(model.ssr(feats, fz))), y)
-                loss = loss + cfg.ssr.weight * l_ssr
-                logs["ssr"] = float(l_ssr.detach())
-            if model.proj_patch is not None:
-                with frozen_bn_stats(model):
-                    l_patch = _patch_term(model, x, patch_loss, cfg.patch_consistency, g)
-                loss = loss + cfg.patch_consistency.weight * l_patch
-                logs["patch_consistency"] = float(l_patch.detach())
-                logs["patch_confident_fraction"] = patch_loss.last_stats["confident_fraction"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        logs["loss"] = float(loss.detach())
-        for k, v in logs.items():
-            history[k].append(v)
+    history = fit_decoder(objective, train.features, labels, frozen, train_precision, common["progress"])
     train_s = time.perf_counter() - t_train
 
     # 4. evaluation: the decoder alone, at full label resolution
@@ -389,34 +473,18 @@ def train_segmentation(
     )
     eval_s = time.perf_counter() - t_eval
 
-    n_inference = sum(p.numel() for p in model.decoder.parameters())
     return {
         **segmentation_scores(cm.matrix, classes),
         "confusion_matrix": cm.matrix.tolist(),
         "classes": classes,
         "extra_terms": list(terms),
         "config": cfg.to_dict(),
-        "backbone": {
-            "fingerprint": backbone_fingerprint(backbone),
-            "patch_size": backbone.patch_size,
-            "embed_dim": backbone.embed_dim,
-            "layers": train.layers,
-            "input_size_hw": list(size),
-            "feature_grid_hw": list(grid),
-            "ssr_encoder": None
-            if "ssr" not in terms
-            else "backbone"
-            if ssr_encoder is None
-            else type(ssr_encoder).__name__,
-        },
+        "backbone": _backbone_record(backbone, train, size, terms, ssr_encoder),
         "datasets": {
             "train": {"name": getattr(train_ds, "name", "?"), "num_images": len(train_ds)},
             "val": {"name": getattr(val_ds, "name", "?"), "num_images": len(val_ds)},
         },
-        "parameters": {
-            "inference": n_inference,
-            "training_only": sum(p.numel() for p in model.parameters()) - n_inference,
-        },
+        "parameters": model.parameter_counts(),
         "losses": {k: {"first": v[0], "last": v[-1], "curve": _curve(v)} for k, v in history.items() if v},
         "timings": {
             "train_features_s": train.seconds,
@@ -427,14 +495,23 @@ def train_segmentation(
             "eval_s": eval_s,
             "total_s": time.perf_counter() - start,
         },
-        "machine": {
-            "device": str(device),
-            "train_precision": train_precision.name,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "machine": run_machine(device, train_precision=train_precision.name),
+    }
+
+
+def _backbone_record(
+    backbone: Backbone, train: FeatureSet, size: tuple[int, int], terms: tuple[str, ...], ssr_encoder
+) -> dict:
+    """The evaluated backbone as a result records it: fingerprint, geometry, layers read, SSR's encoder."""
+    ssr = "backbone" if ssr_encoder is None else type(ssr_encoder).__name__
+    return {
+        "fingerprint": backbone_fingerprint(backbone),
+        "patch_size": backbone.patch_size,
+        "embed_dim": backbone.embed_dim,
+        "layers": train.layers,
+        "input_size_hw": list(size),
+        "feature_grid_hw": list(train.features.shape[-2:]),
+        "ssr_encoder": ssr if "ssr" in terms else None,
     }
 
 
