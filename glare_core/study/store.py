@@ -18,6 +18,7 @@ Every number in a cell JSON is measured by the runner on the machine recorded be
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -66,7 +67,9 @@ def machine() -> dict[str, Any]:
 
         info = {"cpu": platform.processor() or "unknown", "cores": os.cpu_count(), "torch": torch.__version__}
     info["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    info["hostname_hash"] = hash(platform.node()) & 0xFFFF
+    # 16 bits of the host name's SHA-256: the same machine gives the same number in every process (Python's
+    # own hash() of a string is salted per process)
+    info["hostname_hash"] = int(hashlib.sha256(platform.node().encode()).hexdigest()[:4], 16)
     return info
 
 
