@@ -47,6 +47,7 @@ import torch
 from .config import TrainConfig, apply_overrides
 from .precision import AUTOCAST_DTYPES, matmul_gflops, resolve_precision
 from .provenance import git_commit, git_dirty
+from .runs import atomic_write_json
 from .system import machine_info
 
 #: Variant -> (objective terms, requested precision). ``glare`` and ``dino_only`` use ``auto``.
@@ -322,9 +323,7 @@ def benchmark(
     if out:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        atomic_write_json(out, result)
     return result
 
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +53,7 @@ from .paths import smoke_mode
 from .precision import resolve_precision
 from .probe import build_head, evaluate_head, train_probe
 from .provenance import code_state
+from .runs import atomic_write_json
 from .system import run_machine
 from .weights import load_base
 
@@ -505,18 +504,11 @@ def evaluate_sliding(
 
 
 def save_result(result: dict, path: str | Path) -> Path:
-    """Write a result dict as indented JSON, atomically (temporary file + ``os.replace``)."""
+    """Write a result dict as indented JSON, atomically (:func:`~glare_core.runs.atomic_write_json`), creating
+    its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, result)
     return path
 
 

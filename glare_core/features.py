@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 from .backbone import Backbone
 from .paths import cache_dir, smoke_mode
 from .precision import autocast, resolve_precision
+from .runs import atomic_path
 
 #: Bump when the stored format or the extraction changes, so old cache entries are not reused.
 CACHE_VERSION = 1
@@ -193,18 +193,11 @@ class FeatureCache:
     def save(
         self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
     ) -> Path:
-        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+        """Write atomically (:func:`~glare_core.runs.atomic_path`)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-            os.chmod(tmp, 0o644)  # mkstemp makes the file private; cache entries are ordinary files
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         return path
 
 

@@ -29,7 +29,7 @@ import torch
 from .bootstrap import bootstrap
 from .paths import REPO_ROOT, data_roots, results_dir, smoke_mode
 from .rng import seed_everything
-from .runs import safe_torch_load
+from .runs import atomic_write, atomic_write_text, safe_torch_load
 
 if TYPE_CHECKING:  # imported lazily: setup() may first have to install timm (Colab)
     from .backbone import Backbone
@@ -210,15 +210,16 @@ def _to_jsonable(obj: Any) -> Any:
 
 def save_result(value: Any, path: Path) -> Path:
     """Save ``value`` at ``path`` by suffix: ``.json`` (JSON), ``.pt``/``.pth`` (torch.save), ``.npz`` (a dict
-    of arrays). Returns ``path``. Value first, like :func:`glare_core.evaluation.save_result`."""
+    of arrays), atomically (:func:`~glare_core.runs.atomic_write`: an interrupted cell leaves the old file or
+    none). Returns ``path``. Value first, like :func:`glare_core.evaluation.save_result`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        path.write_text(json.dumps(value, indent=2, default=_to_jsonable) + "\n")
+        atomic_write_text(path, json.dumps(value, indent=2, default=_to_jsonable) + "\n")
     elif suffix in (".pt", ".pth"):
-        torch.save(value, path)
+        atomic_write(path, lambda f: torch.save(value, f), binary=True)
     elif suffix == ".npz":
-        np.savez_compressed(path, **value)
+        atomic_write(path, lambda f: np.savez_compressed(f, **value), binary=True)
     else:
         raise ValueError(f"{path}: unknown result format {suffix!r}; use .json, .pt or .npz")
     return path

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .runs import atomic_write_json
+
 #: The values every ``--precision`` option and ``precision`` setting accept.
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -190,9 +192,7 @@ def measure_cpu_matmul(refresh: bool = False) -> dict[str, float]:
     result = {"fp32": max(r[0] for r in rounds), "bf16": max(r[1] for r in rounds)}
     store = {"version": _CACHE_VERSION, "machines": {**store.get("machines", {}), key: result}}
     try:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(store, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, store)
     except OSError:
         pass  # an unwritable cache costs a second per run, nothing else
     return {**result, "cached": 0}

@@ -28,7 +28,7 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -311,28 +311,44 @@ def check_finite_values(values: Mapping[str, float], where: str) -> None:
 
 
 # ---------------------------------------------------------------------------- writing
-def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
-    """Write a file through a temporary file in the same folder and ``os.replace``: readers see the old file
-    or the new one, never a partial one, and a failed write leaves no temporary file behind.
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` (``.<name>.<random>.tmp``) for a writer that takes a file name (e.g.
+    ``safetensors``' ``save_file``): when the block ends it replaces ``path`` in one ``os.replace``, with the
+    permissions a plain ``open`` gives; when the block raises it is removed and ``path`` is left as it was.
 
-    Args:
-        path: the file.
-        write: writes the content to the open temporary file (text, or bytes with ``binary=True``).
-        binary: open the temporary file in binary mode.
+    Example::
+
+        with atomic_path(out) as tmp:
+            save_file(tensors, str(tmp))
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         _usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
+    """Write a file through a temporary file in the same folder and ``os.replace`` (:func:`atomic_path`):
+    readers see the old file or the new one, never a partial one, and a failed write leaves no temporary file
+    behind.
+
+    Args:
+        path: the file.
+        write: writes the content to the open temporary file (text, or bytes with ``binary=True``).
+        binary: open the temporary file in binary mode.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

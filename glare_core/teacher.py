@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import nn
 from .backbone import Backbone, BackboneOutput
 from .errors import CheckpointError
 from .heads import DINOHead, HeadConfig, head_from_state_dict
-from .runs import check_finite_state
+from .runs import atomic_path, check_finite_state
 from .tuning import configure_tuning
 
 TRAINED_MODES = ("adapter", "lora", "full")
@@ -420,12 +419,8 @@ class StudentTeacher(nn.Module):
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then swapped in atomically
-        try:
+        with atomic_path(path) as tmp:  # written whole, then swapped in
             save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     def load_adapter(self, path: str | Path) -> None:

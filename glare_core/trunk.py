@@ -58,6 +58,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .runs import atomic_path
+
 if TYPE_CHECKING:
     from .config import TrainConfig
     from .objective import GlareObjective
@@ -330,18 +332,14 @@ def save_bank(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, Any],
 
     checksum = _sha256_tensors(sorted(tensors.items()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     metadata = {
         "format": BANK_FORMAT,
         "key": json.dumps(key, sort_keys=True),
         "sha256": checksum,
         "meta": json.dumps(meta, sort_keys=True),
     }
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return checksum
 
 

@@ -1,5 +1,5 @@
-"""Fault family 6, non-atomic exports: the adapter and ``summary.json`` are written whole or not at all, and a
-damaged export of a finished run is written again on ``--resume``.
+"""Fault family 6, non-atomic exports: the adapter, ``summary.json`` and every other file the package writes
+are written whole or not at all, and a damaged export of a finished run is written again on ``--resume``.
 """
 
 from __future__ import annotations
@@ -106,3 +106,23 @@ def _model_for(out: Path):
     cfg = preset("smoke")
     backbone, head = load_base_with_head(cfg.base, verbose=False)
     return StudentTeacher(backbone, cfg.student_teacher_config(), head_state_dict=head, base_name=cfg.base)
+
+
+def test_atomic_path_replaces_whole_or_not_at_all(tmp_path: Path):
+    """Every file the package writes through a file name (adapters, banks, caches, weights) goes through
+    ``runs.atomic_path``: the old file survives a failed writer, and no temporary is left either way."""
+    from glare_core.runs import atomic_path
+
+    path = tmp_path / "bank.safetensors"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    with atomic_path(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["bank.safetensors"]
+    fresh = tmp_path / "plain"
+    fresh.write_text("")
+    assert path.stat().st_mode & 0o777 == fresh.stat().st_mode & 0o777  # what a plain open gives

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..backbone import ARCHITECTURES, create_vit
+from ..runs import atomic_path, atomic_write_text
 from .registry import say
 
 
@@ -346,20 +347,17 @@ def _check_fit(vit: nn.Module, sd: Mapping[str, torch.Tensor], source: str, arch
 
 # ==================================================================================================== writing
 def save_safetensors_atomic(sd: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``sd`` to ``path`` as safetensors (mode 0644) through a temporary file and ``os.replace``."""
+    """Write ``sd`` to ``path`` as safetensors through a temporary file (:func:`~glare_core.runs.atomic_path`;
+    unique, so two processes may prepare at once)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: two processes may prepare at once
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp), metadata=metadata)
 
 
 def write_json_atomic(obj: dict, path: Path) -> None:
     """Write ``obj`` to ``path`` as indented JSON with sorted keys, through a temporary file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def sha256_file(path: Path) -> str:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..paths import hub_offline
+from ..runs import atomic_path
 from .formats import save_safetensors_atomic, sha256_file, write_json_atomic
 from .onnx import prepare_imgfocus
 from .registry import (
@@ -119,14 +120,13 @@ def prepare_base(
                 f"`glare weights prepare {name}` with internet access."
             )
         say(verbose, f"downloading {spec.location}")
-        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         try:
-            torch.hub.download_url_to_file(spec.location, str(tmp), progress=verbose)
+            with atomic_path(out) as tmp:
+                torch.hub.download_url_to_file(spec.location, str(tmp), progress=verbose)
         except Exception as err:  # noqa: BLE001
             raise WeightsUnavailableError(
                 f"base {name!r}: download of {spec.location} failed ({err})"
             ) from err
-        os.replace(tmp, out)
     provenance = {
         "name": name,
         "source": spec.location,
