@@ -201,6 +201,89 @@ def _goals(v: dict[str, Any], auto_precision: str) -> dict[str, Any]:
     return goals
 
 
+def _in_subprocess(
+    name: str, base: str, batch_size: int, compile: bool, threads: int | None
+) -> dict[str, Any]:
+    """:func:`memory_and_flops` of one variant in a fresh process, so the peak memory is the variant's own."""
+    args = [sys.executable, "-m", "glare_core.bench", "--variant", name, "--base", base]
+    args += ["--batch-size", str(batch_size)]
+    args += ["--compile"] if compile else []
+    args += ["--threads", str(threads)] if threads else []
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark variant {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _timing_rounds(
+    specs: dict[str, tuple[str, str, int | None]],
+    base: str,
+    batch_size: int,
+    compile: bool,
+    rounds: int,
+    device: str,
+    say: Callable[..., None],
+) -> tuple[dict[str, list[float]], list[str]]:
+    """After one warm-up step of each variant, ``rounds`` rounds of: a matmul run per precision, one step of
+    every variant, one bank build of every trunk variant.
+
+    Returns:
+        ``{name: one value per round}`` (seconds per step for a variant, ``bank_<variant>``: seconds per
+        build, ``matmul_<precision>``: FLOP/s), and the variants with a bank.
+    """
+    steps_fn = {}
+    for name, (terms, precision, trunk) in specs.items():
+        cfg = bench_config(base, batch_size, terms, precision, compile and name != "glare_fp32", trunk)
+        steps_fn[name], _ = build_step(cfg)
+        steps_fn[name](0)  # warm-up
+    variants = list(specs)
+    banks = [name for name in variants if getattr(steps_fn[name], "build_bank", None) is not None]
+    dtypes = {"fp32": torch.float32, **{p: AUTOCAST_DTYPES[p] for p in ("bf16", "fp16") if device == "cuda"}}
+    if device == "cpu":
+        dtypes["bf16"] = torch.bfloat16
+    names = [*variants, *(f"bank_{n}" for n in banks), *(f"matmul_{p}" for p in dtypes)]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    shape = (MATMUL_N, MATMUL_N, MATMUL_N)
+    for r in range(rounds):
+        for p, dtype in dtypes.items():
+            times[f"matmul_{p}"].append(1e9 * matmul_gflops(dtype, shape, seconds=1.0, device=device))
+        for name in variants:
+            t0 = time.perf_counter()
+            steps_fn[name](1 + r)
+            times[name].append(time.perf_counter() - t0)
+        for name in banks:
+            times[f"bank_{name}"].append(steps_fn[name].build_bank())  # type: ignore[attr-defined]
+        say(
+            f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in variants), flush=True
+        )
+    return times, banks
+
+
+def _add_timings(
+    fig: dict[str, Any], seconds: list[float], batch_size: int, requested: str, peak: dict[str, float]
+) -> None:
+    """Add a variant's timing figures to its memory-and-FLOPs record ``fig`` (best round, median, all)."""
+    best = min(seconds)
+    fig.update(
+        requested_precision=requested,
+        seconds_per_step=best,
+        seconds_per_step_median=statistics.median(seconds),
+        seconds_all_rounds=seconds,
+        images_per_s=batch_size / best,
+        achieved_flops=fig["flops_per_step"] / best,
+    )
+    fig["fraction_of_own_precision_matmul_peak"] = fig["achieved_flops"] / peak[fig["precision"]]
+
+
+def _bank_figures(seconds: list[float], batch_size: int) -> dict[str, Any]:
+    """A trunk variant's bank build: best seconds, every round, images per second."""
+    return {
+        "bank_seconds": min(seconds),
+        "bank_seconds_all_rounds": seconds,
+        "bank_images_per_s": batch_size / min(seconds),
+    }
+
+
 def benchmark(
     base: str = "dinov2_vits14_imgfocus",
     steps: int = 3,
@@ -254,67 +337,27 @@ def benchmark(
     }
     # 1. Memory and FLOPs, one fresh process per variant.
     for name in variants:
-        args = [sys.executable, "-m", "glare_core.bench", "--variant", name, "--base", base]
-        args += ["--batch-size", str(batch_size)]
-        args += ["--compile"] if compile and name != "glare_fp32" else []
-        args += ["--threads", str(threads)] if threads else []
         say(f"{name}: memory and FLOPs ...", flush=True)
-        proc = subprocess.run(args, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"benchmark variant {name} failed:\n{proc.stderr[-3000:]}")
-        result["variants"][name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["variants"][name] = _in_subprocess(
+            name, base, batch_size, compile and name != "glare_fp32", threads
+        )
 
     # 2. Interleaved timing rounds: every variant and the matmul peaks under the same load.
-    steps_fn = {}
-    for name in variants:
-        terms, precision, trunk = specs[name]
-        cfg = bench_config(base, batch_size, terms, precision, compile and name != "glare_fp32", trunk)
-        steps_fn[name], _ = build_step(cfg)
-        steps_fn[name](0)  # warm-up
-    banks = [name for name in variants if getattr(steps_fn[name], "build_bank", None) is not None]
-    dtypes = {"fp32": torch.float32, **{p: AUTOCAST_DTYPES[p] for p in ("bf16", "fp16") if device == "cuda"}}
-    if device == "cpu":
-        dtypes["bf16"] = torch.bfloat16
-    names = [*variants, *(f"bank_{n}" for n in banks), *(f"matmul_{p}" for p in dtypes)]
-    times: dict[str, list[float]] = {name: [] for name in names}
-    shape = (MATMUL_N, MATMUL_N, MATMUL_N)
-    for r in range(steps):
-        for p, dtype in dtypes.items():
-            times[f"matmul_{p}"].append(1e9 * matmul_gflops(dtype, shape, seconds=1.0, device=device))
-        for name in variants:
-            t0 = time.perf_counter()
-            steps_fn[name](1 + r)
-            times[name].append(time.perf_counter() - t0)
-        for name in banks:
-            times[f"bank_{name}"].append(steps_fn[name].build_bank())  # type: ignore[attr-defined]
-        say(f"round {r + 1}/{steps}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in variants), flush=True)
-    peak = {p: max(times[f"matmul_{p}"]) for p in dtypes}
+    times, banks = _timing_rounds(specs, base, batch_size, compile, steps, device, say)
+    peak = {p[len("matmul_") :]: max(t) for p, t in times.items() if p.startswith("matmul_")}
     result["matmul_flops"] = {**peak, "n": MATMUL_N, "all_rounds": {p: times[f"matmul_{p}"] for p in peak}}
     say("matmul (best round): " + ", ".join(f"{p} {f / 1e9:.0f} GFLOP/s" for p, f in peak.items()))
+
+    # 3. Each variant's figures: the best round, against its own precision's matmul peak.
     for name in variants:
         fig = result["variants"][name]
-        best = min(times[name])
-        fig.update(
-            requested_precision=specs[name][1],
-            seconds_per_step=best,
-            seconds_per_step_median=statistics.median(times[name]),
-            seconds_all_rounds=times[name],
-            images_per_s=batch_size / best,
-            achieved_flops=fig["flops_per_step"] / best,
-        )
-        fig["fraction_of_own_precision_matmul_peak"] = fig["achieved_flops"] / peak[fig["precision"]]
+        _add_timings(fig, times[name], batch_size, specs[name][1], peak)
         if name in banks:  # the bank's build, timed in the same rounds: one pair of views per image
-            bank_times = times[f"bank_{name}"]
-            fig.update(
-                trunk_blocks=specs[name][2],
-                bank_seconds=min(bank_times),
-                bank_seconds_all_rounds=bank_times,
-                bank_images_per_s=batch_size / min(bank_times),
-            )
-            say(f"{name} bank build: {fig['bank_images_per_s']:.2f} img/s ({min(bank_times):.2f} s)")
+            fig.update(trunk_blocks=specs[name][2], **_bank_figures(times[f"bank_{name}"], batch_size))
+            say(f"{name} bank build: {fig['bank_images_per_s']:.2f} img/s ({fig['bank_seconds']:.2f} s)")
         say(
-            f"{name} ({fig['precision']}): {fig['images_per_s']:.2f} img/s, {best:.2f} s/step (median "
-            f"{fig['seconds_per_step_median']:.2f}), peak {fig['peak_memory_mb']:.0f} MB, "
+            f"{name} ({fig['precision']}): {fig['images_per_s']:.2f} img/s, {fig['seconds_per_step']:.2f} "
+            f"s/step (median {fig['seconds_per_step_median']:.2f}), peak {fig['peak_memory_mb']:.0f} MB, "
             f"{fig['achieved_flops'] / 1e9:.0f} GFLOP/s "
             f"({100 * fig['fraction_of_own_precision_matmul_peak']:.0f} % of the {fig['precision']} peak)"
         )
