@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from .backbone import Backbone
 from .features import FeatureCache, backbone_fingerprint, cache_key, extract_global_features, show_progress
 from .paths import find_dataset_dir, smoke_mode
 from .precision import resolve_precision
+
+if TYPE_CHECKING:
+    import datasets
 
 
 @torch.no_grad()
@@ -145,6 +149,41 @@ def _image_batches(dataset, indices: list[int], size: int, batch_size: int):
         yield torch.stack(ims).clamp(0, 1)
 
 
+def _load_parquet(
+    files: dict[str, list[str]], progress: bool | None
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Tiny-ImageNet's train and validation splits (``datasets``), without progress bars unless asked."""
+    import datasets
+
+    quiet = not show_progress(progress) and not datasets.utils.are_progress_bars_disabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        data = datasets.load_dataset("parquet", data_files=files)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+    return data["train"], data["validation"]
+
+
+def _global_features(
+    backbone: Backbone,
+    split: datasets.Dataset,
+    indices: list[int],
+    desc: str,
+    progress: bool | None,
+    *,
+    size: int,
+    batch_size: int,
+    pool: str,
+    precision: str,
+) -> torch.Tensor:
+    """(len(indices), D) image features of ``split[indices]`` (:func:`extract_global_features`)."""
+    batches = _image_batches(split, indices, size, batch_size)
+    total = -(-len(indices) // batch_size)
+    return extract_global_features(backbone, batches, total, pool, precision, progress, desc)
+
+
 def knn_forgetting(
     backbone: Backbone,
     root: str | Path | None = None,
@@ -184,8 +223,6 @@ def knn_forgetting(
         character per query, in the queries' fixed order: ``"1"`` where the top-1 class is right; two
         backbones are compared query by query with McNemar's test on these).
     """
-    import datasets
-
     smoke = smoke_mode()
     per_class = per_class if per_class is not None else (5 if smoke else 20)
     size = size if size is not None else (112 if smoke else 224)
@@ -195,21 +232,10 @@ def knn_forgetting(
 
     start = time.perf_counter()
     files = tinyimagenet_files(root)
-    quiet = not show_progress(progress) and not datasets.utils.are_progress_bars_disabled()
-    if quiet:
-        datasets.disable_progress_bars()
-    try:
-        data = datasets.load_dataset("parquet", data_files=files)
-    finally:
-        if quiet:
-            datasets.enable_progress_bars()
-    train, val = data["train"], data["validation"]
-    num_classes = (
-        train.features["label"].num_classes if hasattr(train.features["label"], "num_classes") else None
-    )
+    train, val = _load_parquet(files, progress)
     train_labels = list(train["label"])
     val_labels = list(val["label"])
-    num_classes = num_classes or (max(train_labels) + 1)
+    num_classes = getattr(train.features["label"], "num_classes", None) or (max(train_labels) + 1)
     classes = list(range(num_classes if max_classes is None else min(max_classes, num_classes)))
     bank_idx = select_bank(train_labels, per_class, seed, classes)
     keep = set(classes)
@@ -234,16 +260,9 @@ def knn_forgetting(
     if hit is not None:
         bank_f, query_f = hit["bank"], hit["queries"]
     else:
-
-        def feats(indices: list[int], desc: str) -> torch.Tensor:
-            batches = _image_batches(train if desc == "k-NN bank" else val, indices, size, batch_size)
-            total = -(-len(indices) // batch_size)
-            return extract_global_features(
-                backbone, batches, total, pool, settings["precision"], progress, desc
-            )
-
-        bank_f = feats(bank_idx, "k-NN bank")
-        query_f = feats(query_idx, "k-NN queries")
+        extract = dict(size=size, batch_size=batch_size, pool=pool, precision=settings["precision"])
+        bank_f = _global_features(backbone, train, bank_idx, "k-NN bank", progress, **extract)
+        query_f = _global_features(backbone, val, query_idx, "k-NN queries", progress, **extract)
         if store is not None:
             store.save(key, {"bank": bank_f, "queries": query_f})
     bank_y = torch.tensor([train_labels[i] for i in bank_idx])
