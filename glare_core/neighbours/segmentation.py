@@ -261,7 +261,9 @@ class DecoderLoss:
         out_size: (H_y, W_y), the label resolution the logits are upsampled to for the cross-entropy.
     """
 
-    def __init__(self, model: SegmentationModel, cfg: SegTrainConfig, ignore_index: int, out_size: tuple):
+    def __init__(
+        self, model: SegmentationModel, cfg: SegTrainConfig, ignore_index: int, out_size: tuple[int, int]
+    ):
         device = next(model.parameters()).device
         self.model, self.cfg, self.ignore_index, self.out_size = model, cfg, ignore_index, out_size
         self.pixel = PixelContrastLoss(cfg.pixel_contrast, ignore_index).to(device)
@@ -439,9 +441,11 @@ def train_segmentation(
     train = extract_features(backbone, train_ds, labels="probe", desc="train features", **common)
     val = extract_features(backbone, val_ds, labels="full", desc="val features", **common)
     backbone.train(was_training)
-    t0 = time.perf_counter()
-    frozen = _ssr_frozen_maps(ssr_encoder, train, train_ds, cfg, size) if "ssr" in terms else None
-    t_frozen = time.perf_counter() - t0 if "ssr" in terms else 0.0
+    frozen, t_frozen = None, 0.0
+    if "ssr" in terms:
+        t0 = time.perf_counter()
+        frozen = _ssr_frozen_maps(ssr_encoder, train, train_ds, cfg, size)
+        t_frozen = time.perf_counter() - t0
 
     # 2. the model: decoder + training-only modules, all seeded, on the backbone's device
     device = next(backbone.parameters()).device
