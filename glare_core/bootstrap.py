@@ -217,8 +217,9 @@ def fetch_official_dino(progress: bool = True) -> str:
         ValueError: the file is not a ViT-S/16 backbone.
     """
     from .data.download import download_file
+    from .runs import atomic_write_json
     from .weights import known_bases, provenance_path, read_checkpoint, vit_for_state_dict, weights_dir
-    from .weights.formats import save_safetensors_atomic, sha256_file, write_json_atomic
+    from .weights.formats import save_safetensors_atomic, sha256_file
 
     spec = known_bases()[OFFICIAL_BASE]
     out = spec.cached_path()
@@ -232,7 +233,7 @@ def fetch_official_dino(progress: bool = True) -> str:
     vit = vit_for_state_dict(state, arch=spec.arch, source=str(pth))
     save_safetensors_atomic(vit.state_dict(), out, {"name": OFFICIAL_BASE, "source": url})
     record = {"name": OFFICIAL_BASE, "source": url, "sha256": sha256_file(pth), "layout": layout}
-    write_json_atomic(record, provenance_path(OFFICIAL_BASE))
+    atomic_write_json(provenance_path(OFFICIAL_BASE), record, sort_keys=True)
     pth.unlink()
     return f"{OFFICIAL_BASE} (official DINO ViT-S/16, downloaded from {url})"
 

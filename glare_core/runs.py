@@ -356,9 +356,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """:func:`atomic_write_text` of ``json.dumps(obj, indent=2)``."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
+    """:func:`atomic_write_text` of ``json.dumps(obj, indent=2, sort_keys=sort_keys)``."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def _usual_permissions(path: str | Path) -> None:

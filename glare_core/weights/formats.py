@@ -13,8 +13,8 @@ DINO's full checkpoints also hold an ``argparse.Namespace``, the one class allow
 
 :func:`vit_for_state_dict` then builds the timm ViT the tensors belong to (architecture inferred from their
 shapes) and loads them with ``strict=True``. Prepared bases are written as ``.safetensors`` through a
-temporary file (:func:`save_safetensors_atomic`), with a provenance JSON beside them
-(:func:`write_json_atomic`).
+temporary file (:func:`save_safetensors_atomic`), with a provenance JSON beside them (written with sorted keys
+by :func:`~glare_core.runs.atomic_write_json`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import json
 import math
 import os
 import re
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from ..backbone import ARCHITECTURES, create_vit
-from ..runs import atomic_path, atomic_write_text
+from ..runs import atomic_path
 from .registry import say
 
 
@@ -353,11 +352,6 @@ def save_safetensors_atomic(sd: Mapping[str, torch.Tensor], path: Path, metadata
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp), metadata=metadata)
-
-
-def write_json_atomic(obj: dict, path: Path) -> None:
-    """Write ``obj`` to ``path`` as indented JSON with sorted keys, through a temporary file."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def sha256_file(path: Path) -> str:

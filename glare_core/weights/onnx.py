@@ -50,13 +50,13 @@ import torch
 
 from .. import __version__
 from ..backbone import Backbone
+from ..runs import atomic_write_json
 from .formats import (
     hf_dinov2_to_timm,
     infer_config,
     save_safetensors_atomic,
     sha256_file,
     vit_for_state_dict,
-    write_json_atomic,
 )
 from .registry import (
     DEFAULT_BASE,
@@ -452,6 +452,6 @@ def prepare_imgfocus(
         "backbone only",
     }
     save_safetensors_atomic(vit.state_dict(), out, {"name": spec.name, "onnx_sha256": converted.onnx_sha256})
-    write_json_atomic(provenance, provenance_path(spec.name))
+    atomic_write_json(provenance_path(spec.name), provenance, sort_keys=True)
     say(verbose, f"wrote {out}")
     return out

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..paths import hub_offline
-from ..runs import atomic_path
-from .formats import save_safetensors_atomic, sha256_file, write_json_atomic
+from ..runs import atomic_path, atomic_write_json
+from .formats import save_safetensors_atomic, sha256_file
 from .onnx import prepare_imgfocus
 from .registry import (
     DEFAULT_BASE,
@@ -137,7 +137,7 @@ def prepare_base(
         "img_size": spec.img_size,
         "has_dino_head": spec.has_dino_head,
     }
-    write_json_atomic(provenance, provenance_path(name))
+    atomic_write_json(provenance_path(name), provenance, sort_keys=True)
     say(verbose, f"wrote {out}")
     return out
 
