@@ -293,3 +293,43 @@ def test_weights_command_subprocess_smoke():
     )
     assert proc.returncode == 0, proc.stderr
     assert "dinov2_vits14_imgfocus (default)" in proc.stdout
+
+
+def test_url_base_downloads_from_a_local_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A ``url`` base (the official DINO full checkpoints in Colab) is fetched whole into the weights folder
+    with its provenance; a failed download is named and leaves neither a file nor a temporary behind."""
+    import dataclasses
+    import functools
+    import http.server
+    import threading
+
+    from glare_core.weights import prepare
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ckpt.pth").write_bytes(b"checkpoint bytes" * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    base = W.known_bases()["dino_vits16_full"]
+    specs = {
+        "ok": dataclasses.replace(base, name="ok", location=f"{url}/ckpt.pth", filename="ok.pth"),
+        "gone": dataclasses.replace(base, name="gone", location=f"{url}/missing.pth", filename="gone.pth"),
+    }
+    monkeypatch.setattr(prepare, "known_bases", lambda: specs)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    try:
+        out = prepare.prepare_base("ok", verbose=False)
+        assert out.read_bytes() == (served / "ckpt.pth").read_bytes()
+        assert json.loads(W.provenance_path("ok").read_text())["source"] == specs["ok"].location
+        with pytest.raises(W.WeightsUnavailableError, match="missing.pth"):
+            prepare.prepare_base("gone", verbose=False)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+    assert not specs["gone"].cached_path().exists()
+    assert not [p.name for p in W.weights_dir().iterdir() if p.name.endswith(".tmp")]

@@ -120,13 +120,13 @@ def prepare_base(
                 f"`glare weights prepare {name}` with internet access."
             )
         say(verbose, f"downloading {spec.location}")
-        try:
-            with atomic_path(out) as tmp:
+        with atomic_path(out) as tmp:
+            try:
                 torch.hub.download_url_to_file(spec.location, str(tmp), progress=verbose)
-        except Exception as err:  # noqa: BLE001
-            raise WeightsUnavailableError(
-                f"base {name!r}: download of {spec.location} failed ({err})"
-            ) from err
+            except Exception as err:  # noqa: BLE001
+                raise WeightsUnavailableError(
+                    f"base {name!r}: download of {spec.location} failed ({err})"
+                ) from err
     provenance = {
         "name": name,
         "source": spec.location,
