@@ -223,40 +223,41 @@ def _timing_rounds(
     rounds: int,
     device: str,
     say: Callable[..., None],
-) -> tuple[dict[str, list[float]], list[str]]:
+) -> dict[str, dict[str, list[float]]]:
     """After one warm-up step of each variant, ``rounds`` rounds of: a matmul run per precision, one step of
     every variant, one bank build of every trunk variant.
 
     Returns:
-        ``{name: one value per round}`` (seconds per step for a variant, ``bank_<variant>``: seconds per
-        build, ``matmul_<precision>``: FLOP/s), and the variants with a bank.
+        one value per round: ``"steps"``: {variant: seconds per step}, ``"banks"``: {trunk variant: seconds
+        per build}, ``"matmul"``: {precision: FLOP/s}.
     """
     steps_fn = {}
     for name, (terms, precision, trunk) in specs.items():
         cfg = bench_config(base, batch_size, terms, precision, compile and name != "glare_fp32", trunk)
         steps_fn[name], _ = build_step(cfg)
         steps_fn[name](0)  # warm-up
-    variants = list(specs)
-    banks = [name for name in variants if getattr(steps_fn[name], "build_bank", None) is not None]
+    banks = [name for name in specs if getattr(steps_fn[name], "build_bank", None) is not None]
     dtypes = {"fp32": torch.float32, **{p: AUTOCAST_DTYPES[p] for p in ("bf16", "fp16") if device == "cuda"}}
     if device == "cpu":
         dtypes["bf16"] = torch.bfloat16
-    names = [*variants, *(f"bank_{n}" for n in banks), *(f"matmul_{p}" for p in dtypes)]
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, dict[str, list[float]]] = {
+        "steps": {name: [] for name in specs},
+        "banks": {name: [] for name in banks},
+        "matmul": {p: [] for p in dtypes},
+    }
     shape = (MATMUL_N, MATMUL_N, MATMUL_N)
     for r in range(rounds):
         for p, dtype in dtypes.items():
-            times[f"matmul_{p}"].append(1e9 * matmul_gflops(dtype, shape, seconds=1.0, device=device))
-        for name in variants:
+            times["matmul"][p].append(1e9 * matmul_gflops(dtype, shape, seconds=1.0, device=device))
+        for name, seconds in times["steps"].items():
             t0 = time.perf_counter()
             steps_fn[name](1 + r)
-            times[name].append(time.perf_counter() - t0)
-        for name in banks:
-            times[f"bank_{name}"].append(steps_fn[name].build_bank())  # type: ignore[attr-defined]
-        say(
-            f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in variants), flush=True
-        )
-    return times, banks
+            seconds.append(time.perf_counter() - t0)
+        for name, seconds in times["banks"].items():
+            seconds.append(steps_fn[name].build_bank())  # type: ignore[attr-defined]
+        last = ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times["steps"].items())
+        say(f"round {r + 1}/{rounds}: {last}", flush=True)
+    return times
 
 
 def _add_timings(
@@ -343,17 +344,17 @@ def benchmark(
         )
 
     # 2. Interleaved timing rounds: every variant and the matmul peaks under the same load.
-    times, banks = _timing_rounds(specs, base, batch_size, compile, steps, device, say)
-    peak = {p[len("matmul_") :]: max(t) for p, t in times.items() if p.startswith("matmul_")}
-    result["matmul_flops"] = {**peak, "n": MATMUL_N, "all_rounds": {p: times[f"matmul_{p}"] for p in peak}}
+    times = _timing_rounds(specs, base, batch_size, compile, steps, device, say)
+    peak = {p: max(flops) for p, flops in times["matmul"].items()}
+    result["matmul_flops"] = {**peak, "n": MATMUL_N, "all_rounds": times["matmul"]}
     say("matmul (best round): " + ", ".join(f"{p} {f / 1e9:.0f} GFLOP/s" for p, f in peak.items()))
 
     # 3. Each variant's figures: the best round, against its own precision's matmul peak.
     for name in variants:
         fig = result["variants"][name]
-        _add_timings(fig, times[name], batch_size, specs[name][1], peak)
-        if name in banks:  # the bank's build, timed in the same rounds: one pair of views per image
-            fig.update(trunk_blocks=specs[name][2], **_bank_figures(times[f"bank_{name}"], batch_size))
+        _add_timings(fig, times["steps"][name], batch_size, specs[name][1], peak)
+        if name in times["banks"]:  # the bank's build, timed in the same rounds: one pair of views per image
+            fig.update(trunk_blocks=specs[name][2], **_bank_figures(times["banks"][name], batch_size))
             say(f"{name} bank build: {fig['bank_images_per_s']:.2f} img/s ({fig['bank_seconds']:.2f} s)")
         say(
             f"{name} ({fig['precision']}): {fig['images_per_s']:.2f} img/s, {fig['seconds_per_step']:.2f} "
