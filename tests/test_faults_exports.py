@@ -13,6 +13,7 @@ import torch
 
 from glare_core.config import preset
 from glare_core.errors import CheckpointError
+from glare_core.runs import atomic_path
 from glare_core.teacher import read_adapter
 from glare_core.train import pretrain
 
@@ -111,8 +112,6 @@ def _model_for(out: Path):
 def test_atomic_path_replaces_whole_or_not_at_all(tmp_path: Path):
     """Every file the package writes through a file name (adapters, banks, caches, weights) goes through
     ``runs.atomic_path``: the old file survives a failed writer, and no temporary is left either way."""
-    from glare_core.runs import atomic_path
-
     path = tmp_path / "bank.safetensors"
     path.write_text("old")
     with pytest.raises(RuntimeError), atomic_path(path) as tmp:

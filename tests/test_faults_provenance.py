@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,10 +92,6 @@ def test_adapter_of_another_base_is_refused(tmp_path: Path, capsys):
 def test_the_host_record_is_the_same_in_every_process():
     """A cell's ``hostname_hash`` tells two machines apart only if one machine gives one number (Python's
     ``hash()`` of a string is salted per process)."""
-    import os
-    import subprocess
-    import sys
-
     code = "from glare_core.study.store import machine; print(machine()['hostname_hash'])"
     seen = {
         subprocess.run(

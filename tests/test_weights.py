@@ -8,10 +8,14 @@ empty Hugging Face cache.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ import torch
 
 from glare_core import weights as W
 from glare_core.backbone import Backbone, create_vit
-from glare_core.weights import formats
+from glare_core.weights import formats, prepare
 
 
 @pytest.fixture(autouse=True)
@@ -298,13 +302,6 @@ def test_weights_command_subprocess_smoke():
 def test_url_base_downloads_from_a_local_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A ``url`` base (the official DINO full checkpoints in Colab) is fetched whole into the weights folder
     with its provenance; a failed download is named and leaves neither a file nor a temporary behind."""
-    import dataclasses
-    import functools
-    import http.server
-    import threading
-
-    from glare_core.weights import prepare
-
     served = tmp_path / "served"
     served.mkdir()
     (served / "ckpt.pth").write_bytes(b"checkpoint bytes" * 1000)
